@@ -1,0 +1,81 @@
+"""Orbax checkpoints of the whole run: parameters, other model state (BatchNorm statistics, RNG
+streams), optimizer state, step, and the data iterator's position — so that a resumed run
+continues exactly where it stopped (bitwise on CPU; tests/experiments hold it to that).
+
+Typed PRNG keys are stored as their raw uint32 key data and re-wrapped on restore.
+Saves are synchronous: each returns after the checkpoint is committed on disk (Orbax writes a
+temporary directory and renames it, so a run killed mid-save leaves the previous one intact).
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from genfm.experiments.errors import CheckpointError
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_saveable(state):
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+
+
+def _from_saveable(saved, like):
+  return jax.tree.map(lambda s, l: jax.random.wrap_key_data(s, impl=jax.random.key_impl(l))
+                      if _is_key(l) else s, saved, like)
+
+
+class Checkpointer:
+  """`save(step, state, data_state)` / `restore_latest(abstract_state)` under `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict) -> None:
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_saveable(state)),
+        data=ocp.args.JsonSave(data_state)))
+
+  def restore_latest(self, abstract_state) -> tuple[Any, dict] | None:
+    """(state, data_state) of the newest checkpoint, or None when there is none."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        _to_saveable(abstract_state))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+      state = _from_saveable(restored["state"], abstract_state)
+    except Exception as e:  # noqa: BLE001 — any failure to read means the files are damaged
+      path = os.path.join(self.directory, str(step))
+      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+      raise CheckpointError(
+          f"the checkpoint at {path} could not be read ({type(e).__name__}: {reason}). It is "
+          f"corrupt, truncated, or from a different model. Delete {path} to resume from an older "
+          "checkpoint, or start again with a fresh --workdir.") from None
+    data_state = restored["data"]
+    return state, data_state
+
+  def close(self):
+    self._manager.close()
+
+
+def json_safe(state: dict) -> dict:
+  """A grain iterator state made JSON-serialisable (numpy scalars → Python)."""
+  return json.loads(json.dumps(state, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))

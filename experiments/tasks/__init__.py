@@ -1,0 +1,19 @@
+"""Registry of experiment families: `config.task` → `Task` subclass (imported lazily)."""
+
+import importlib
+
+from genfm.experiments.errors import unknown_choice
+
+# name -> "module:Class"; modules are imported only when their task is used.
+TASKS = {
+    "classify": "genfm.experiments.tasks.classify:ClassificationTask",
+}
+
+
+def get_task(config):
+  """Instantiate the task named by `config.task`."""
+  name = config.task
+  if name not in TASKS:
+    raise unknown_choice("config.task", name, TASKS)
+  module, cls = TASKS[name].split(":")
+  return getattr(importlib.import_module(module), cls)(config)

@@ -1,0 +1,87 @@
+"""Image classification with cross-entropy: the MLP / LeNet / ResNet experiments of foundations/.
+
+    L(θ) = −(1/B) Σ_b log softmax(f_θ(x_b))[y_b]
+
+Augmentation (random crop after zero-padding, horizontal flip) runs on device inside the jitted
+loss, keyed by the step's PRNG key, so it is reproducible on resume.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from genfm.experiments import data
+from genfm.experiments.errors import ConfigError, unknown_choice
+from genfm.experiments.tasks.base import Batch, Task
+from genfm.foundations.cnn import LeNet
+from genfm.foundations.mlp import MLP
+from genfm.foundations.resnet import ResNet
+
+MODELS = ("mlp", "lenet", "resnet")
+
+
+def random_crop_flip(key: jax.Array, x_BHWC: jax.Array, pad: int, flip: bool) -> jax.Array:
+  """Per-example random translation by up to `pad` pixels (zero fill) and optional h-flip."""
+  b, h, w, _ = x_BHWC.shape
+  k_crop, k_flip = jax.random.split(key)
+  padded = jnp.pad(x_BHWC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets_B2 = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  x_BHWC = jax.vmap(crop)(padded, offsets_B2)
+  if flip:
+    do_flip_B = jax.random.bernoulli(k_flip, 0.5, (b,))
+    x_BHWC = jnp.where(do_flip_B[:, None, None, None], x_BHWC[:, :, ::-1], x_BHWC)
+  return x_BHWC
+
+
+class ClassificationTask(Task):
+  """`config.dataset` images → `config.model.name` ∈ {mlp, lenet, resnet} → softmax CE."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self._train = data.load(config.dataset, "train")
+    info = self._train.info
+    if info.image_shape is None or info.num_classes is None:
+      raise ConfigError(f"dataset {config.dataset!r} is not a labelled image set; the classify "
+                        "task needs one (e.g. fashion_mnist, digits, mnist_subset, tfds:mnist)")
+    self.image_shape, self.num_classes = tuple(info.image_shape), info.num_classes
+    if config.model.name not in MODELS:
+      raise unknown_choice("config.model.name", config.model.name, MODELS)
+
+  def train_source(self):
+    return self._train
+
+  def eval_sources(self):
+    return {"test": data.load(self.config.dataset, "test")}
+
+  def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    kwargs = {k: v for k, v in self.config.model.items() if k != "name"}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    name = self.config.model.name
+    try:
+      if name == "mlp":
+        h, w, c = self.image_shape
+        return MLP(h * w * c, self.num_classes, **kwargs, rngs=rngs)
+      cls = LeNet if name == "lenet" else ResNet
+      return cls(self.image_shape, self.num_classes, **kwargs, rngs=rngs)
+    except TypeError as e:                       # an unknown key under config.model
+      raise ConfigError(f"config.model for {name!r}: {e}") from None
+
+  def loss(self, model, batch: Batch, key: jax.Array):
+    x = batch["image"]
+    aug = self.config.get("augment", None)
+    if aug is not None and aug.get("crop_pad", 0) > 0:
+      x = random_crop_flip(key, x, aug.crop_pad, aug.get("flip", False))
+    logits_BC = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BC, batch["label"]).mean()
+    accuracy = (logits_BC.argmax(-1) == batch["label"]).mean()
+    return loss, {"accuracy": accuracy}
+
+  def eval_metrics(self, model, batch: Batch):
+    logits_BC = model(batch["image"]).astype(jnp.float32)
+    mask_B = batch["mask"]
+    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, batch["label"])
+    correct_B = (logits_BC.argmax(-1) == batch["label"]).astype(jnp.float32)
+    return {"loss": (ce_B * mask_B).sum(), "accuracy": (correct_B * mask_B).sum(),
+            "count": mask_B.sum()}

@@ -1,0 +1,250 @@
+"""The shared training loop: one function, `train_and_evaluate(config, workdir)`, for every task.
+
+Flax NNX models are split into (graphdef, params, rest) and trained by a plain `jax.jit` step
+with explicit shardings: parameters and optimizer state replicated, batches sharded along the
+`data` axis of a mesh over all devices (`jax.make_mesh`). The same code runs on 1 CPU, n GPUs or
+a TPU slice. The step's PRNG key is fold_in(seed, step) and the data iterator's position is
+checkpointed, so a killed run resumes exactly where it stopped.
+"""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from genfm.experiments import data
+from genfm.experiments.checkpoint import Checkpointer, json_safe
+from genfm.experiments.errors import CheckpointError, ConfigError, NonFiniteLossError
+from genfm.experiments.optim import make_optimizer, make_schedule
+from genfm.experiments.tasks import get_task
+from genfm.experiments.writer import MetricWriter, Progress, format_seconds
+
+REQUIRED_KEYS = ("task", "dataset", "seed", "batch_size", "learning_rate", "num_train_steps",
+                 "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
+# Keys a resumed run may change; any other difference means the workdir holds another run.
+RESUMABLE_KEYS = ("num_train_steps", "learning_rate", "log_every_steps", "eval_every_steps",
+                  "checkpoint_every_steps")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  missing = [k for k in REQUIRED_KEYS if k not in config]
+  if missing:
+    raise ConfigError(f"config is missing required keys {missing}; every config sets "
+                      f"{', '.join(REQUIRED_KEYS)}")
+  for k in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+            "checkpoint_every_steps"):
+    if not isinstance(config[k], int) or config[k] <= 0:
+      raise ConfigError(f"config.{k} must be a positive integer, got {config[k]!r}")
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuse a workdir that holds a run of a different config; record this config otherwise."""
+  path = os.path.join(workdir, "config.json")
+  now = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      before = json.load(f)
+    a, b = _flatten(before), _flatten(now)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
+    if differ:
+      shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in differ[:6])
+      raise CheckpointError(
+          f"--workdir={workdir} holds a run of a different config ({shown}). Use a new --workdir "
+          f"for this config, or rerun with the original one to resume. Only "
+          f"{', '.join(RESUMABLE_KEYS)} may change on resume.")
+  with open(path, "w") as f:
+    json.dump(now, f, indent=2)
+
+
+class StopOnSignal:
+  """SIGTERM / SIGINT ask the loop to checkpoint and stop at the end of the current step."""
+
+  def __init__(self):
+    self.signum, self._old = None, {}
+    for s in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[s] = signal.signal(s, self._handle)
+      except ValueError:            # not the main thread (e.g. inside a notebook worker)
+        pass
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def restore(self):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D `data` mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def to_global(batch: dict, sharding: NamedSharding) -> dict:
+  """Host-local numpy batch → one global array per key, split along `data`."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  t_start = time.time()
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  check_workdir(config, workdir)
+  task = get_task(config)
+  mesh = make_mesh()
+  if config.batch_size % jax.device_count():
+    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
+                      f"{jax.device_count()} devices of the mesh; use a multiple of it")
+  replicated, by_data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  is_chief = jax.process_index() == 0
+
+  # Model → (graphdef, params, rest); train and eval differ only in static flags (dropout, BN).
+  model = task.build_model(nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1))
+  model.train()
+  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  graph_eval = nnx.split(model, nnx.Param, ...)[0]
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  tx, schedule = make_optimizer(config), make_schedule(config)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
+           "opt_state": tx.init(params)}
+  state = jax.device_put(state, replicated)
+
+  train_iter = data.make_iterator(task.train_source(), seed=config.seed, shuffle=True,
+                                  batch_size=config.batch_size // jax.process_count(),
+                                  transform=task.train_transform())
+  ckpt = Checkpointer(workdir)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, data_state = restored
+    train_iter.set_state(data_state)
+  start = int(state["step"])
+  total = config.num_train_steps
+  logging.info("%s: %s params | %d %s device(s) | %s from step %d to %d | workdir %s",
+               config.get("name", config.task), f"{n_params:,}", jax.device_count(),
+               jax.default_backend(), "resuming" if start else "training", start, total, workdir)
+
+  base_key = jax.random.key(config.seed)
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(base_key, state["step"])
+
+    def loss_fn(params):
+      m = nnx.merge(graph_train, params, state["rest"])
+      loss, metrics = task.loss(m, batch, key)
+      return loss, (metrics, nnx.split(m, nnx.Param, ...)[2])
+
+    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "rest": rest, "opt_state": opt_state}
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads),
+               "learning_rate": schedule(state["step"])}
+    return new_state, metrics
+
+  def eval_step(state, batch):
+    return task.eval_metrics(nnx.merge(graph_eval, state["params"], state["rest"]), batch)
+
+  train_step = jax.jit(train_step, in_shardings=(replicated, by_data),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(eval_step, in_shardings=(replicated, by_data), out_shardings=replicated)
+
+  def evaluate(state, step) -> dict[str, float]:
+    results = {}
+    for split, source in task.eval_sources().items():
+      it = data.make_iterator(source, batch_size=config.get("eval_batch_size", config.batch_size)
+                              // jax.process_count(), seed=0, shuffle=False, num_epochs=1,
+                              drop_remainder=False, pad_remainder=True)
+      sums = None
+      for batch in it:
+        m = eval_step(state, to_global(batch, by_data))
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+      sums = jax.device_get(sums)
+      count = sums.pop("count")
+      results.update({f"{split}_{k}": float(v / count) for k, v in sums.items()})
+    results.update(task.after_eval(nnx.merge(graph_eval, state["params"], state["rest"]),
+                                   workdir, step) if is_chief else {})
+    return results
+
+  writer = MetricWriter(workdir, resume_step=start) if is_chief else None
+  progress, stop, pending = Progress(start, total), StopOnSignal(), []
+
+  def flush(step):
+    """Fetch the metrics of the steps since the last flush; stop on NaN/Inf; log their mean."""
+    if not pending:
+      return
+    window = jax.device_get(pending)
+    first = step - len(window) + 1
+    for i, m in enumerate(window):
+      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        last = ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {first + i}; the "
+            f"run stopped. The last good checkpoint (step {last}) is kept in {ckpt.directory}. "
+            "Rerun the same command with a lower --config.learning_rate to resume from it.")
+    pending.clear()
+    mean = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
+    rate = progress.rate(step)
+    if writer:
+      writer.write(step, {**mean, "steps_per_sec": rate})
+    progress.log(step, rate, {k: v for k, v in mean.items() if k != "train_learning_rate"})
+
+  step, eval_metrics = start, {}
+  try:
+    while step < total:
+      batch = to_global(next(train_iter), by_data)
+      state, metrics = train_step(state, batch)
+      step += 1
+      pending.append(metrics)
+      last = step == total
+      if step % config.log_every_steps == 0 or last or stop.signum:
+        flush(step)
+      if step % config.eval_every_steps == 0 or last:
+        eval_metrics = evaluate(state, step)
+        if writer:
+          writer.write(step, eval_metrics)
+        logging.info("eval at step %d: %s", step,
+                     ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+      if step % config.checkpoint_every_steps == 0 or last or stop.signum:
+        flush(step)                      # never checkpoint a state that has gone non-finite
+        ckpt.save(step, state, json_safe(train_iter.get_state()))
+      if stop.signum:
+        logging.warning("stopped by signal %d at step %d; checkpoint saved. Rerun the same "
+                        "command to resume.", stop.signum, step)
+        break
+  finally:
+    stop.restore()
+    ckpt.close()
+    if writer:
+      writer.close()
+
+  summary = {"name": config.get("name", config.task), "step": step, "finished": step >= total,
+             "num_params": int(n_params), **eval_metrics, "backend": jax.default_backend(),
+             "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+             "session_seconds": round(time.time() - t_start, 1)}
+  if is_chief:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    writer.plot_curves(workdir, title=f"{summary['name']} — {workdir}")
+    logging.info("done at step %d in %s: %s", step, format_seconds(summary["session_seconds"]),
+                 json.dumps({k: v for k, v in eval_metrics.items()}))
+  return summary
