@@ -55,7 +55,8 @@ def _not_prepared(tfds_name: str, split: str, data_dir: str | None, why: str) ->
       f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{tfds_name}'"
       f"{', data_dir=' + repr(data_dir) if data_dir else ''}).download_and_prepare("
       "file_format='array_record')\"` (or `tfds build "
-      f"{tfds_name} --file_format=array_record`) and copy the folder here; {_EMBEDDED_HINT}.")
+      f"{tfds_name} --file_format=array_record`; preparing may need `pip install tensorflow`) "
+      f"and copy the folder here; {_EMBEDDED_HINT}.")
 
 
 def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None = None) -> TfdsSource:
