@@ -1,0 +1,248 @@
+"""Scaled dot-product and multi-head attention, Vaswani et al. 2017, arXiv:1706.03762.
+
+Also grouped-query / multi-query attention (Ainslie et al. 2023, arXiv:2305.13245): K key/value
+heads are shared by G = N / K query heads each (K = N is MHA, K = 1 is MQA), and sliding-window
+attention (a query sees only the last `window` keys).
+
+Layout is BTNH, the layout of `jax.nn.dot_product_attention`, whose signature
+`dot_product_attention` mirrors so that a fused kernel (the Pallas flash kernel in
+`genfm.kernels`) can be passed as `attention_fn` to `MultiHeadAttention` without other changes.
+"""
+
+from collections.abc import Callable
+import math
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+AttentionFn = Callable[..., Array]
+
+# Masked logits are set to this large *finite* negative rather than -inf: a row whose keys are
+# all masked (a padded query) then gives a uniform softmax instead of NaN = (-inf) - (-inf).
+MASK_VALUE = -1e30
+IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+
+
+def _window_pair(local_window_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+  if local_window_size is None:
+    return None
+  if isinstance(local_window_size, int):
+    return (local_window_size, local_window_size)
+  left, right = local_window_size
+  return (int(left), int(right))
+
+
+def attention_mask(
+    T: int,
+    S: int,
+    *,
+    is_causal: bool = False,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_seq_lengths: Array | None = None,
+    key_value_seq_lengths: Array | None = None,
+) -> Array:
+  """Boolean mask, True = may attend, broadcastable to [B, N, T, S].
+
+  Causal and window masks are aligned at the top-left corner (query t is at position t), the
+  convention of `jax.nn.dot_product_attention`. The window (left, right) lets query t see keys
+  s with t - left <= s <= t + right.
+  """
+  t_T1 = jnp.arange(T)[:, None]
+  s_1S = jnp.arange(S)[None, :]
+  mask_TS = jnp.ones((T, S), dtype=bool)
+  if is_causal:
+    mask_TS &= s_1S <= t_T1
+  window = _window_pair(local_window_size)
+  if window is not None:
+    left, right = window
+    mask_TS &= (s_1S >= t_T1 - left) & (s_1S <= t_T1 + right)
+  mask_11TS = mask_TS[None, None]
+  if query_seq_lengths is not None:
+    mask_11TS = mask_11TS & (t_T1[None, None] < query_seq_lengths[:, None, None, None])
+  if key_value_seq_lengths is not None:
+    mask_11TS = mask_11TS & (s_1S[None, None] < key_value_seq_lengths[:, None, None, None])
+  return mask_11TS
+
+
+def _check_shapes(q_BTNH: Array, k_BSKH: Array, v_BSKH: Array) -> tuple[int, int]:
+  if q_BTNH.ndim != 4 or k_BSKH.ndim != 4 or v_BSKH.ndim != 4:
+    raise ValueError(
+        "attention expects rank-4 BTNH inputs: query [B, T, N, H], key/value [B, S, K, H]; got "
+        f"{q_BTNH.shape}, {k_BSKH.shape}, {v_BSKH.shape}")
+  if k_BSKH.shape != v_BSKH.shape:
+    raise ValueError(f"key {k_BSKH.shape} and value {v_BSKH.shape} must have the same shape")
+  B, _, N, H = q_BTNH.shape
+  Bk, _, K, Hk = k_BSKH.shape
+  if Bk != B or Hk != H:
+    raise ValueError(
+        f"query [B, T, N, H] = {q_BTNH.shape} and key [B, S, K, H] = {k_BSKH.shape} must agree on "
+        "B and H")
+  if N % K:
+    raise ValueError(
+        f"query heads N={N} must be divisible by key/value heads K={K} (GQA groups G = N / K); "
+        f"valid K for N={N}: {[k for k in range(1, N + 1) if N % k == 0]}")
+  return N, K
+
+
+def reference_attention(
+    q_BTNH: Array,
+    k_BSKH: Array,
+    v_BSKH: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: Array | None = None,
+    key_value_seq_lengths: Array | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+) -> Array:
+  """Pure-jnp softmax(q kᵀ · scale + bias) v with GQA; fp32 reference for every fast path.
+
+  `bias` and `mask` broadcast to [B, N, T, S]; `mask` is boolean, True = attend.
+  """
+  N, K = _check_shapes(q_BTNH, k_BSKH, v_BSKH)
+  B, T, _, H = q_BTNH.shape
+  S = k_BSKH.shape[1]
+  G = N // K
+  scale = 1.0 / math.sqrt(H) if scale is None else scale
+  # Query head n = k·G + g uses KV head k (the grouping of 2305.13245, sec. 2.2).
+  q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
+  # Logits in fp32 whatever the input dtype: the mask value and the max-subtraction inside the
+  # softmax need fp32 range/precision (bf16 keeps 8 mantissa bits, fp16 overflows at 65504).
+  logits_BKGTS = jnp.einsum(
+      "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+  logits_BKGTS = logits_BKGTS.astype(jnp.float32) * scale  # QKᵀ/√d_k, eq. (1) of 1706.03762
+  if bias is not None:
+    bias_BNTS = jnp.broadcast_to(bias, (B, N, T, S)).astype(jnp.float32)
+    logits_BKGTS = logits_BKGTS + bias_BNTS.reshape(B, K, G, T, S)
+  full_mask = attention_mask(
+      T, S, is_causal=is_causal, local_window_size=local_window_size,
+      query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths)
+  if mask is not None:
+    full_mask = full_mask & jnp.asarray(mask, dtype=bool)
+  mask_BKGTS = jnp.broadcast_to(full_mask, (B, N, T, S)).reshape(B, K, G, T, S)
+  logits_BKGTS = jnp.where(mask_BKGTS, logits_BKGTS, MASK_VALUE)
+  probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)  # softmax(·) V, eq. (1) of 1706.03762
+  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+  out_BTNH = out_BTKGH.reshape(B, T, N, H)
+  if query_seq_lengths is not None:  # padded queries output zeros, like jax.nn
+    valid_BT = jnp.arange(T)[None, :] < query_seq_lengths[:, None]
+    out_BTNH = out_BTNH * valid_BT[:, :, None, None].astype(out_BTNH.dtype)
+  return out_BTNH
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: Array | None = None,
+    key_value_seq_lengths: Array | None = None,
+    local_window_size: int | tuple[int, int] | None = None,
+    implementation: str | None = None,
+) -> Array:
+  """`jax.nn.dot_product_attention`'s signature; `implementation` picks the backend.
+
+  "reference" (also None): `reference_attention`. "xla" / "cudnn": `jax.nn.dot_product_attention`
+  (which handles GQA itself). Anything else raises instead of silently falling back.
+  """
+  impl = "reference" if implementation is None else implementation
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {impl!r}; valid choices: {IMPLEMENTATIONS}")
+  kwargs: dict[str, Any] = dict(
+      scale=scale, is_causal=is_causal, query_seq_lengths=query_seq_lengths,
+      key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size)
+  if impl == "reference":
+    return reference_attention(query, key, value, bias, mask, **kwargs)
+  _check_shapes(query, key, value)
+  return jax.nn.dot_product_attention(query, key, value, bias, mask, implementation=impl, **kwargs)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention (sec. 3.2.2 of 1706.03762) with K ≤ N key/value heads (2305.13245).
+
+  `rope` (a callable (x_BTNH, positions_BT) -> x_BTNH, e.g. `positions.apply_rope`) rotates q
+  and k; `bias` (e.g. ALiBi) is added to the logits. `cache` is any object with
+  `update(k_BTKH, v_BTKH, positions_BT) -> (k_BSKH, v_BSKH, mask_B1TS, new_cache)` (see
+  `kv_cache.KVCache`); with a cache the call returns (out, new_cache).
+  """
+
+  def __init__(
+      self,
+      d_model: int,
+      num_heads: int,
+      *,
+      num_kv_heads: int | None = None,
+      head_dim: int | None = None,
+      use_bias: bool = False,
+      attention_fn: AttentionFn = dot_product_attention,
+      kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+      out_kernel_init: nnx.Initializer | None = None,
+      rngs: nnx.Rngs,
+  ):
+    K = num_heads if num_kv_heads is None else num_kv_heads
+    if K < 1 or num_heads % K:
+      raise ValueError(
+          f"num_heads N={num_heads} must be divisible by num_kv_heads K={K}; valid K: "
+          f"{[k for k in range(1, num_heads + 1) if num_heads % k == 0]}")
+    if head_dim is None:
+      if d_model % num_heads:
+        raise ValueError(
+            f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim")
+      head_dim = d_model // num_heads
+    D, N, H = d_model, num_heads, head_dim
+    self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
+    self.attention_fn = attention_fn
+
+    def proj(spec, kernel_shape, bias_shape, init):
+      return nnx.Einsum(spec, kernel_shape, bias_shape if use_bias else None,
+                        kernel_init=init, rngs=rngs)
+
+    self.q_proj = proj("BTD,DNH->BTNH", (D, N, H), (N, H), kernel_init)
+    self.k_proj = proj("BSD,DKH->BSKH", (D, K, H), (K, H), kernel_init)
+    self.v_proj = proj("BSD,DKH->BSKH", (D, K, H), (K, H), kernel_init)
+    self.o_proj = proj("BTNH,NHD->BTD", (N, H, D), (D,), out_kernel_init or kernel_init)
+
+  def __call__(
+      self,
+      x_BTD: Array,
+      *,
+      positions_BT: Array | None = None,
+      rope: Callable[[Array, Array], Array] | None = None,
+      bias: Array | None = None,
+      mask: Array | None = None,
+      is_causal: bool = True,
+      local_window_size: int | tuple[int, int] | None = None,
+      key_value_seq_lengths: Array | None = None,
+      cache: Any = None,
+  ):
+    if x_BTD.ndim != 3:
+      raise ValueError(f"MultiHeadAttention expects x [B, T, D], got shape {x_BTD.shape}")
+    B, T, _ = x_BTD.shape
+    if positions_BT is None:
+      positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    q_BTNH = self.q_proj(x_BTD)  # Q W^Q_i, sec. 3.2.2 of 1706.03762
+    k_BSKH = self.k_proj(x_BTD)
+    v_BSKH = self.v_proj(x_BTD)
+    if rope is not None:
+      q_BTNH, k_BSKH = rope(q_BTNH, positions_BT), rope(k_BSKH, positions_BT)
+    new_cache = None
+    if cache is not None:
+      # Causality and the window come from the cache's positions, so the mask is explicit.
+      k_BSKH, v_BSKH, cache_mask, new_cache = cache.update(
+          k_BSKH, v_BSKH, positions_BT, local_window_size=local_window_size)
+      mask = cache_mask if mask is None else mask & cache_mask
+      is_causal, local_window_size = False, None
+    out_BTNH = self.attention_fn(
+        q_BTNH, k_BSKH, v_BSKH, bias, mask, is_causal=is_causal,
+        local_window_size=local_window_size, key_value_seq_lengths=key_value_seq_lengths)
+    out_BTD = self.o_proj(out_BTNH)  # Concat(head_1..head_h) W^O
+    return out_BTD if cache is None else (out_BTD, new_cache)
