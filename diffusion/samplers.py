@@ -95,32 +95,39 @@ def ddpm_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
   return x
 
 
-def ddim_sigma(abar: jax.Array, abar_prev: jax.Array, eta: float) -> jax.Array:
-  """σ_τ(η) = η √((1 − ᾱ_prev)/(1 − ᾱ)) √(1 − ᾱ/ᾱ_prev) — eq. (16) of 2010.02502."""
-  return eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar)) * jnp.sqrt(1.0 - abar / abar_prev)
+def ddim_sigma(log_abar: jax.Array, log_abar_prev: jax.Array, eta: float) -> jax.Array:
+  """σ_τ(η) = η √((1 − ᾱ_prev)/(1 − ᾱ)) √(1 − ᾱ/ᾱ_prev) — eq. (16) of 2010.02502.
+
+  Takes log ᾱ: each 1 − ᾱ is −expm1(log ᾱ), exact in float32 even where ᾱ ≈ 1.
+  """
+  var_ratio = jnp.expm1(log_abar_prev) / jnp.expm1(log_abar)
+  return eta * jnp.sqrt(var_ratio * -jnp.expm1(log_abar - log_abar_prev))
 
 
-def ddim_step_mean_std(x: jax.Array, pred: jax.Array, abar: jax.Array, abar_prev: jax.Array,
-                       eta: float, prediction_type: str = "eps") -> tuple[jax.Array, jax.Array]:
+def ddim_step_mean_std(x: jax.Array, pred: jax.Array, log_abar: jax.Array,
+                       log_abar_prev: jax.Array, eta: float,
+                       prediction_type: str = "eps") -> tuple[jax.Array, jax.Array]:
   """Mean and std of p(x_prev | x_t) for one generalised DDIM step — eq. (12) of 2010.02502.
 
-  x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z.
+  x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, with ᾱ given as log ᾱ (log ᾱ_prev = 0
+  for the final step to x_0).
   """
-  a, s = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+  a, s = jnp.exp(0.5 * log_abar), jnp.sqrt(-jnp.expm1(log_abar))
   x0 = gaussian.to_x0(pred, x, a, s, prediction_type)
   eps = gaussian.to_eps(pred, x, a, s, prediction_type)
-  sigma = ddim_sigma(abar, abar_prev, eta)
+  sigma = ddim_sigma(log_abar, log_abar_prev, eta)
   # max(·, 0): 1 − ᾱ_prev − σ² is ≥ 0 in exact math but can round to −1e-9 at η = 1.
-  dir_coef = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma ** 2, 0.0))
-  return jnp.sqrt(abar_prev) * x0 + dir_coef * eps, sigma
+  dir_coef = jnp.sqrt(jnp.maximum(-jnp.expm1(log_abar_prev) - sigma ** 2, 0.0))
+  return jnp.exp(0.5 * log_abar_prev) * x0 + dir_coef * eps, sigma
 
 
 def _pairs(sched: schedules.Schedule, seq: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(τ_i, ᾱ_{τ_i}, ᾱ_{τ_{i−1}}) in sampling order (decreasing τ); ᾱ after the last step = 1."""
+  """(τ_i, log ᾱ_{τ_i}, log ᾱ_{τ_{i−1}}) in sampling order (decreasing τ); ᾱ after the last
+  step is 1 (log ᾱ = 0)."""
   t = jnp.asarray(seq[::-1].copy())
-  abar = sched.alphas_cumprod[t]
-  abar_prev = jnp.concatenate([abar[1:], jnp.ones((1,), abar.dtype)])
-  return t, abar, abar_prev
+  log_abar = sched.log_alphas_cumprod[t]
+  log_abar_prev = jnp.concatenate([log_abar[1:], jnp.zeros((1,), log_abar.dtype)])
+  return t, log_abar, log_abar_prev
 
 
 def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
@@ -132,15 +139,16 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
   seq = timesteps(sched.num_timesteps, num_steps, spacing)
   init_key, key = jax.random.split(key)
   x = _init(init_key, shape, x_T)
-  t, abar, abar_prev = _pairs(sched, seq)
+  t, log_abar, log_abar_prev = _pairs(sched, seq)
 
   def step(x, inp):
-    t, ab, ab_prev, k = inp
-    mean, std = ddim_step_mean_std(x, _call(model_fn, x, t), ab, ab_prev, eta, prediction_type)
+    t, lab, lab_prev, k = inp
+    mean, std = ddim_step_mean_std(x, _call(model_fn, x, t), lab, lab_prev, eta,
+                                   prediction_type)
     return mean + std * jax.random.normal(k, x.shape), None
 
   keys = jax.random.split(key, len(seq))
-  x, _ = jax.lax.scan(step, x, (t, abar, abar_prev, keys))
+  x, _ = jax.lax.scan(step, x, (t, log_abar, log_abar_prev, keys))
   return x
 
 
@@ -162,19 +170,19 @@ def dpm_solver_pp_sample(model_fn: ModelFn, sched: schedules.Schedule,
     raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order!r}.")
   seq = timesteps(sched.num_timesteps, num_steps, spacing)
   x = _init(jax.random.PRNGKey(0) if key is None else key, shape, x_T)
-  t, abar, abar_prev = _pairs(sched, seq)
+  t, log_abar, log_abar_prev = _pairs(sched, seq)
   n = len(seq)
 
   def step(carry, inp):
     x, x0_prev, h_prev = carry
-    i, t, ab, ab_prev = inp
-    a, s = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+    i, t, lab, lab_prev = inp
+    a, s = jnp.exp(0.5 * lab), jnp.sqrt(-jnp.expm1(lab))
     x0 = gaussian.to_x0(_call(model_fn, x, t), x, a, s, prediction_type)
     last = i == n - 1
     # Guard the final step (σ_next = 0, λ_next = ∞) out of the log; it is handled below.
-    ab_next = jnp.where(last, 0.5, ab_prev)
-    a_n, s_n = jnp.sqrt(ab_next), jnp.sqrt(1.0 - ab_next)
-    h = (jnp.log(a_n) - jnp.log(s_n)) - (jnp.log(a) - jnp.log(s))
+    lab_next = jnp.where(last, jnp.log(0.5), lab_prev)
+    a_n, s_n = jnp.exp(0.5 * lab_next), jnp.sqrt(-jnp.expm1(lab_next))
+    h = (jnp.log(a_n) - jnp.log(s_n)) - (jnp.log(a) - jnp.log(s))   # λ = log(α/σ)
     r = h_prev / h
     use_2nd = (order == 2) & (i > 0)
     D = jnp.where(use_2nd, (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev, x0)
@@ -183,7 +191,7 @@ def dpm_solver_pp_sample(model_fn: ModelFn, sched: schedules.Schedule,
     return (x_next, x0, h), None
 
   carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
-  (x, _, _), _ = jax.lax.scan(step, carry, (jnp.arange(n), t, abar, abar_prev))
+  (x, _, _), _ = jax.lax.scan(step, carry, (jnp.arange(n), t, log_abar, log_abar_prev))
   return x
 
 

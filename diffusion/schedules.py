@@ -12,7 +12,8 @@ this gives ᾱ_T = 4.036e-5 and ᾱ_500 = 0.07859; with the cosine schedule ᾱ_
 
 All tables are computed in float64 NumPy and stored as float32 jnp arrays: cumulative
 products over 1000 factors lose ~1e-4 relative precision in float32, which the pinned
-values would see.
+values would see. Samplers that need 1 − ᾱ_t or 1 − ᾱ_t/ᾱ_s for arbitrary pairs use the
+log ᾱ table: near t = 1, 1 − ᾱ ≈ 1e-4 and a float32 ᾱ leaves only ~3 correct digits of it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Schedule:
   alphas: jax.Array                     # α_t = 1 − β_t
   alphas_cumprod: jax.Array             # ᾱ_t = ∏_{s≤t} α_s  — Sec. 2 of 2006.11239
   alphas_cumprod_prev: jax.Array        # ᾱ_{t−1}, ᾱ_0 = 1
+  log_alphas_cumprod: jax.Array         # log ᾱ_t: keeps 1 − ᾱ_t/ᾱ_s = −expm1(Δ log ᾱ) exact in fp32
   sqrt_alphas_cumprod: jax.Array        # √ᾱ_t
   sqrt_one_minus_alphas_cumprod: jax.Array  # √(1 − ᾱ_t)
   posterior_variance: jax.Array         # β̃_t — eq. (7) of 2006.11239
@@ -94,7 +96,8 @@ def schedule_from_betas(betas: np.ndarray) -> Schedule:
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   return Schedule(
       betas=f32(betas), alphas=f32(alphas), alphas_cumprod=f32(abar),
-      alphas_cumprod_prev=f32(abar_prev), sqrt_alphas_cumprod=f32(np.sqrt(abar)),
+      alphas_cumprod_prev=f32(abar_prev), log_alphas_cumprod=f32(np.cumsum(np.log1p(-betas))),
+      sqrt_alphas_cumprod=f32(np.sqrt(abar)),
       sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - abar)),
       posterior_variance=f32(post_var), posterior_log_variance_clipped=f32(post_log_var),
       posterior_mean_coef1=f32(coef1), posterior_mean_coef2=f32(coef2))
