@@ -171,7 +171,7 @@ def test_toy_matches_ffjord_recipe_on_sklearn(name):
   """Same law as FFJORD's toy_data.py built on sklearn (an independent generator)."""
   from sklearn import datasets
   x = data.load(name, "test").arrays["x"].astype(np.float64)
-  n = 20_000
+  n = 10_000
   if name == "moons":
     ref = datasets.make_moons(n_samples=n, noise=0.1, random_state=0)[0] * 2 + [-1.0, -0.2]
     np.testing.assert_allclose(x.mean(0), [0.0, 0.3], atol=0.03)  # closed form
@@ -184,6 +184,32 @@ def test_toy_matches_ffjord_recipe_on_sklearn(name):
   r, r_ref = (np.linalg.norm(v - v.mean(0), axis=1) for v in (x, ref))
   np.testing.assert_allclose(np.quantile(r, [0.25, 0.5, 0.75]),
                              np.quantile(r_ref, [0.25, 0.5, 0.75]), rtol=0.03)
+  # The noise level: the mean distance to the noise-free curve scales with the noise std
+  # (0.2 for both after the scalings; ~0.15 mean); 4% is ~5 standard errors, a 10% change
+  # of the noise fails.
+  d, d_ref = (_distance_to_curve(v, _CURVES[name]) for v in (x, ref))
+  np.testing.assert_allclose(d.mean(), d_ref.mean(), rtol=0.04)
+
+
+def _moons_curve():
+  theta = np.linspace(0, np.pi, 800)
+  outer = np.stack([np.cos(theta), np.sin(theta)], 1)
+  inner = np.stack([1 - np.cos(theta), 0.5 - np.sin(theta)], 1)
+  return np.concatenate([outer, inner]) * 2 + [-1.0, -0.2]
+
+
+def _swiss_roll_curve():
+  t = np.linspace(1.5 * np.pi, 4.5 * np.pi, 2000)
+  return np.stack([t * np.cos(t), t * np.sin(t)], 1) / 5
+
+
+_CURVES = {"moons": _moons_curve(), "swiss_roll": _swiss_roll_curve()}
+
+
+def _distance_to_curve(x_N2, curve_M2):
+  """Distance from each point to a densely sampled curve: |x - c|² = |x|² + |c|² - 2 x·c."""
+  d2_NM = (x_N2 ** 2).sum(1)[:, None] + (curve_M2 ** 2).sum(1)[None] - 2 * x_N2 @ curve_M2.T
+  return np.sqrt(np.maximum(d2_NM.min(1), 0.0))
 
 
 def test_eight_gaussians_mixture_parameters():
