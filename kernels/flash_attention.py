@@ -113,8 +113,8 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                     q_segment_ids: jax.Array | None = None,
                     kv_segment_ids: jax.Array | None = None,
                     block_sizes: BlockSizes | None = None,
-                    backend: str | None = None, num_warps: int | None = None,
-                    num_stages: int = 2) -> jax.Array:
+                    backend: str | None = None, tpu_layout: bool | None = None,
+                    num_warps: int | None = None, num_stages: int = 2) -> jax.Array:
   """Pallas flash attention; query [B, T, N, H], key/value [B, S, K, H] -> [B, T, N, H].
 
   Args:
@@ -125,6 +125,8 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     block_sizes: tile sizes; missing fields take ``default_blocks(backend)``.
     backend: "interpret", "gpu" or "tpu"; None picks from ``jax.default_backend()``. Passing
       "gpu"/"tpu" on a CPU host is how the lowering tests build those kernels without hardware.
+    tpu_layout: BNTH arrays and [.., 1] statistics; None means ``backend == "tpu"``. True with
+      the interpreter runs the TPU-structured kernels on CPU (how the tests check them).
     num_warps, num_stages: Triton launch parameters (GPU only).
   """
   backend = backend or pallas_compat.default_backend()
@@ -146,7 +148,7 @@ def flash_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
   cfg = fak.KernelConfig(
       backend=backend, scale=scale, is_causal=bool(is_causal), has_segments=has_segments,
       seq_q=t, seq_k=s, block_q=bq, block_k=bk, block_q_dkv=bq_dkv, block_k_dkv=bk_dkv,
-      groups=n // kh, tpu_layout=backend == "tpu",
+      groups=n // kh, tpu_layout=backend == "tpu" if tpu_layout is None else bool(tpu_layout),
       num_warps=num_warps or (4 if h_pad <= 64 else 8), num_stages=num_stages)
 
   # Zero padding: zero head-dim columns leave q·k unchanged; padded keys are masked in-kernel.
