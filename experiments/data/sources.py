@@ -79,6 +79,10 @@ class ArraySource:
     # of the record is an np.ndarray, as the record contract says.
     return {key: value[index, ...] for key, value in self._arrays.items()}
 
+  def get_batch(self, idx_B: np.ndarray) -> dict[str, np.ndarray]:
+    """Records `idx_B` stacked, {key: [B, ...]}: one fancy-index per array (the fast path)."""
+    return {key: value[idx_B] for key, value in self._arrays.items()}
+
   def __repr__(self) -> str:
     # Short on purpose: grain logs the source's repr in its dataset lineage.
     return f"ArraySource({self.info.name!r}, split={self.info.split!r}, n={self._len})"
@@ -136,6 +140,15 @@ class WindowSource:
     start = index * self.stride
     chunk_T1 = self._tokens[start:start + self.seq_len + 1]  # [T + 1]
     return {"inputs": chunk_T1[:-1], "targets": chunk_T1[1:]}
+
+  def get_batch(self, idx_B: np.ndarray) -> dict[str, np.ndarray]:
+    """Windows `idx_B` stacked: {"inputs": int32 [B, T], "targets": int32 [B, T]}."""
+    idx_B = np.asarray(idx_B, dtype=np.int64)
+    if idx_B.size and (idx_B.min() < 0 or idx_B.max() >= self._len):
+      raise IndexError(f"windows {idx_B.min()}..{idx_B.max()} out of range for {self._len}")
+    pos_BT1 = (idx_B * self.stride)[:, None] + np.arange(self.seq_len + 1)  # [B, T + 1]
+    chunk_BT1 = self._tokens[pos_BT1]
+    return {"inputs": chunk_BT1[:, :-1], "targets": chunk_BT1[:, 1:]}
 
   def __repr__(self) -> str:
     return (f"WindowSource(tokens={self._tokens.shape[0]}, seq_len={self.seq_len}, "

@@ -13,9 +13,9 @@ from genfm.experiments.errors import ConfigError
 
 
 def _indexed_source(n, name="index"):
-  """Record i = {"idx": int32 i, "v": float32 [3] = (i, 2i, 3i)}: content reveals identity."""
+  """Record i = {"idx": int32 i, "v": float32 [3] = (i+1)·(1, 2, 3)}: no record is all zero."""
   idx = np.arange(n, dtype=np.int32)
-  arrays = {"idx": idx, "v": (idx[:, None] * np.arange(1, 4)).astype(np.float32)}
+  arrays = {"idx": idx, "v": ((idx[:, None] + 1) * np.arange(1, 4)).astype(np.float32)}
   info = data.DatasetInfo(name=name, split="train", num_examples=n,
                           features={"idx": ((), np.dtype(np.int32)),
                                     "v": ((3,), np.dtype(np.float32))})
@@ -51,7 +51,7 @@ def test_each_epoch_is_a_fresh_permutation():
   assert len(batches) == 9
   order = np.concatenate([b["idx"] for b in batches])
   np.testing.assert_array_equal(np.concatenate([b["v"] for b in batches]),
-                                order[:, None] * np.arange(1, 4))
+                                (order[:, None] + 1) * np.arange(1, 4))
   epochs = order.reshape(3, 12)
   for epoch in epochs:
     assert sorted(epoch) == list(range(12))  # every record once per epoch
@@ -166,3 +166,53 @@ def test_bad_arguments_raise_config_error(kw, needle):
   with pytest.raises(ConfigError, match=needle):
     data.make_iterator(_indexed_source(10), seed=0, **kw)
   assert issubclass(ConfigError, ValueError)
+
+
+class _PerRecordOnly:
+  """The same records without `get_batch`/`arrays`: forces the per-record gather path."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    return self._source[i]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(num_epochs=3, drop_remainder=False),
+    dict(num_epochs=None),
+    dict(num_epochs=1, pad_remainder=True, process_index=1, process_count=3),
+    dict(num_epochs=2, shuffle=False, process_index=2, process_count=4),
+])
+def test_vectorized_gather_equals_per_record_path(kw):
+  kw = {"process_index": 0, "process_count": 1, **kw}
+  src = _indexed_source(23)
+  fast = data.make_iterator(src, batch_size=5, seed=4, **kw)
+  slow = data.make_iterator(_PerRecordOnly(src), batch_size=5, seed=4, **kw)
+  doubled = data.make_iterator(src, batch_size=5, seed=4, **kw,
+                               transform=lambda r: {**r, "v": r["v"] * 2.0})
+  for _ in range(7 if kw["num_epochs"] is None else 100):
+    try:
+      a = next(fast)
+    except StopIteration:
+      with pytest.raises(StopIteration):
+        next(slow)
+      break
+    b, c = next(slow), next(doubled)
+    chex.assert_trees_all_equal(a, b)
+    np.testing.assert_array_equal(c["v"], 2.0 * a["v"])  # transform ran on every record
+    np.testing.assert_array_equal(c["idx"], a["idx"])
+
+
+def test_window_get_batch_equals_records():
+  tokens = np.random.default_rng(2).integers(0, 1000, size=300)
+  src = data.WindowSource(tokens, seq_len=16, stride=3)
+  idx_B = np.array([0, 5, len(src) - 1, 5])
+  batch = src.get_batch(idx_B)
+  for key in ("inputs", "targets"):
+    np.testing.assert_array_equal(batch[key], np.stack([src[int(i)][key] for i in idx_B]))
+  with pytest.raises(IndexError):
+    src.get_batch(np.array([len(src)]))
