@@ -241,8 +241,11 @@ class MultiHeadAttention(nnx.Module):
           k_BSKH, v_BSKH, positions_BT, local_window_size=local_window_size)
       mask = cache_mask if mask is None else mask & cache_mask
       is_causal, local_window_size = False, None
-    out_BTNH = self.attention_fn(
-        q_BTNH, k_BSKH, v_BSKH, bias, mask, is_causal=is_causal,
-        local_window_size=local_window_size, key_value_seq_lengths=key_value_seq_lengths)
+    # Only the options in use are passed, so a kernel that supports a subset of
+    # jax.nn.dot_product_attention's keywords (e.g. causal only) plugs in unchanged.
+    extra = dict(bias=bias, mask=mask, local_window_size=local_window_size,
+                 key_value_seq_lengths=key_value_seq_lengths)
+    out_BTNH = self.attention_fn(q_BTNH, k_BSKH, v_BSKH, is_causal=is_causal,
+                                 **{name: val for name, val in extra.items() if val is not None})
     out_BTD = self.o_proj(out_BTNH)  # Concat(head_1..head_h) W^O
     return out_BTD if cache is None else (out_BTD, new_cache)

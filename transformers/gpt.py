@@ -1,0 +1,249 @@
+"""GPT-style decoder-only transformer (Radford et al. 2018/2019, GPT-2), one config for every
+choice: positions (learned / sinusoidal / RoPE / ALiBi / none), norm (LayerNorm / RMSNorm) and
+its placement (pre / post), FFN (GELU MLP / SwiGLU), attention (MHA / GQA / MQA, sliding
+window) and dense vs Mixture-of-Experts FFNs.
+
+FLOPs per token follow PaLM (Chowdhery et al. 2022, arXiv:2204.02311, appendix B):
+6N + 12·L·D·T, where the appendix's H·Q (heads × head dim) is our N·H, = D for standard widths.
+"""
+
+import dataclasses
+import functools
+import math
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from genfm.transformers import attention, block, ffn, kv_cache, moe, norms, positions
+
+Array = jax.Array
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+ATTENTION_IMPLS = ("reference", "xla", "cudnn", "pallas")
+
+
+def _check_choice(what: str, got, valid) -> None:
+  if got not in valid:
+    raise ValueError(f"unknown {what} {got!r}; valid choices: {', '.join(map(str, valid))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """Defaults are GPT-2 small (124M); `GPTConfig(**overrides)` switches each choice."""
+
+  vocab_size: int = 50257
+  context_len: int = 1024
+  num_layers: int = 12
+  d_model: int = 768
+  num_heads: int = 12
+  num_kv_heads: int | None = None  # None = num_heads (MHA); 1 = MQA; else GQA
+  head_dim: int | None = None  # None = d_model // num_heads
+  d_ff: int | None = None  # None = 4·D (gelu) or round(8·D/3) (swiglu, ≈ equal params)
+  positions: str = "learned"
+  rope_base: float = 10_000.0
+  norm: str = "layernorm"
+  norm_placement: str = "pre"
+  norm_eps: float = 1e-5
+  ffn: str = "gelu"
+  use_bias: bool = True  # biases in attention/MLP projections and LayerNorm (GPT-2: True)
+  attention_window: int | None = None  # a query sees itself and this many previous tokens
+  attention_impl: str = "reference"
+  num_experts: int = 0  # 0 = dense FFN everywhere
+  top_k: int = 2
+  capacity_factor: float = 1.25
+  moe_every: int = 1  # layer i is MoE when (i + 1) % moe_every == 0
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    _check_choice("positions", self.positions, POSITIONS)
+    _check_choice("norm", self.norm, norms.NORMS)
+    _check_choice("norm_placement", self.norm_placement, block.PLACEMENTS)
+    _check_choice("ffn", self.ffn, ffn.FFNS)
+    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+                       "set head_dim")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not divisible by num_kv_heads="
+                       f"{self.kv_heads}")
+    if self.positions == "rope" and self.head_size % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got {self.head_size}")
+    if self.num_experts < 0 or (self.num_experts and not 1 <= self.top_k <= self.num_experts):
+      raise ValueError(f"need num_experts >= 0 and 1 <= top_k <= num_experts, got "
+                       f"num_experts={self.num_experts}, top_k={self.top_k}")
+    if self.moe_every < 1:
+      raise ValueError(f"moe_every must be >= 1, got {self.moe_every}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
+
+  @property
+  def ffn_dim(self) -> int:
+    if self.d_ff is not None:
+      return self.d_ff
+    return 4 * self.d_model if self.ffn == "gelu" else round(8 * self.d_model / 3)
+
+  def is_moe_layer(self, i: int) -> bool:
+    return self.num_experts > 0 and (i + 1) % self.moe_every == 0
+
+
+def param_count(cfg: GPTConfig, *, active: bool = False) -> int:
+  """Parameters by hand; `active=True` counts only the top-k experts of each MoE layer."""
+  D, V, F, L = cfg.d_model, cfg.vocab_size, cfg.ffn_dim, cfg.num_layers
+  N, K, H = cfg.num_heads, cfg.kv_heads, cfg.head_size
+  b = cfg.use_bias
+  attn = D * N * H + 2 * D * K * H + N * H * D + b * (N * H + 2 * K * H + D)
+  norm = D * (1 + (cfg.norm == "layernorm" and b))
+  dense = 2 * D * F + b * (F + D) if cfg.ffn == "gelu" else 3 * D * F
+  expert = (2 if cfg.ffn == "gelu" else 3) * D * F
+  n_exp = cfg.top_k if active else cfg.num_experts
+  total = V * D + (cfg.context_len * D if cfg.positions == "learned" else 0)
+  for i in range(L):
+    total += attn + 2 * norm + (D * cfg.num_experts + n_exp * expert if cfg.is_moe_layer(i) else dense)
+  total += norm if cfg.norm_placement == "pre" else 0  # final norm
+  total += 0 if cfg.tie_embeddings else D * V
+  return total
+
+
+def flops_per_token(cfg: GPTConfig) -> int:
+  """Training FLOPs per token, 6N + 12·L·(N·H)·T (PaLM, 2204.02311 app. B).
+
+  N = active parameters doing matmuls: without the learned position table (a lookup) and, when
+  untied, without the input embedding (also a lookup); the tied embedding counts once, as the
+  output projection. The attention term counts the full T×T score matrix (no causal halving),
+  as PaLM and nanoGPT do, with T = context_len.
+  """
+  n = param_count(cfg, active=True)
+  n -= cfg.context_len * cfg.d_model if cfg.positions == "learned" else 0
+  n -= 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+  return 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.head_size * cfg.context_len
+
+
+def _attention_fn(impl: str):
+  if impl == "pallas":  # imported lazily: the kernels area is optional for CPU users
+    from genfm.kernels import flash_attention  # pylint: disable=g-import-not-at-top
+    return functools.partial(flash_attention.dot_product_attention, implementation="pallas")
+  return functools.partial(attention.dot_product_attention, implementation=impl)
+
+
+class GPT(nnx.Module):
+  """tokens [B, T] → logits [B, T, V] (fp32). See `GPTConfig`."""
+
+  def __init__(self, cfg: GPTConfig, *, attention_fn: attention.AttentionFn | None = None,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, L = cfg.d_model, cfg.num_layers
+    init = nnx.initializers.normal(cfg.init_std)
+    # GPT-2: residual-output projections scaled by 1/√(2L) so the residual stream's variance
+    # does not grow with depth (two residual adds per layer).
+    out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * L))
+    self.embed = nnx.Embed(cfg.vocab_size, D, embedding_init=init, rngs=rngs)
+    self.pos_embed = (positions.LearnedPositions(cfg.context_len, D, embedding_init=init, rngs=rngs)
+                      if cfg.positions == "learned" else None)
+    fn = attention_fn or _attention_fn(cfg.attention_impl)
+    layers = []
+    for i in range(L):
+      attn = attention.MultiHeadAttention(
+          D, cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_size,
+          use_bias=cfg.use_bias, attention_fn=fn, kernel_init=init, out_kernel_init=out_init,
+          rngs=rngs)
+      if cfg.is_moe_layer(i):
+        mlp = moe.MoE(D, cfg.ffn_dim, cfg.num_experts, top_k=cfg.top_k,
+                      capacity_factor=cfg.capacity_factor, ffn=cfg.ffn, kernel_init=init,
+                      out_kernel_init=out_init, rngs=rngs)
+      else:
+        mlp = ffn.make_ffn(cfg.ffn, D, cfg.ffn_dim, use_bias=cfg.use_bias, kernel_init=init,
+                           out_kernel_init=out_init, rngs=rngs)
+      make_norm = functools.partial(norms.make_norm, cfg.norm, D, epsilon=cfg.norm_eps,
+                                    use_bias=cfg.use_bias, rngs=rngs)
+      layers.append(block.Block(attn, mlp, make_norm(), make_norm(),
+                                placement=cfg.norm_placement, dropout_rate=cfg.dropout, rngs=rngs))
+    self.layers = nnx.List(layers)
+    # Post-norm blocks already end in a norm; pre-norm needs one before the head (GPT-2 ln_f).
+    self.final_norm = (norms.make_norm(cfg.norm, D, epsilon=cfg.norm_eps, use_bias=cfg.use_bias,
+                                       rngs=rngs) if cfg.norm_placement == "pre" else None)
+    self.lm_head = (None if cfg.tie_embeddings else
+                    nnx.Linear(D, cfg.vocab_size, use_bias=False, kernel_init=init, rngs=rngs))
+    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+  def init_cache(self, batch: int, max_len: int | None = None, dtype=jnp.float32):
+    """One preallocated `KVCache` per layer, [B, max_len, K, H] each."""
+    cfg = self.cfg
+    max_len = cfg.context_len if max_len is None else max_len
+    if max_len > cfg.context_len:
+      raise ValueError(f"cache length {max_len} exceeds context_len={cfg.context_len}")
+    return [kv_cache.KVCache.init(batch, max_len, cfg.kv_heads, cfg.head_size, dtype)
+            for _ in range(cfg.num_layers)]
+
+  def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
+               caches: list | None = None, return_aux: bool = False):
+    """Returns logits [B, T, V]; with `caches`, (logits, new_caches); with `return_aux`, the
+    MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux)."""
+    cfg = self.cfg
+    if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
+      raise ValueError(f"tokens must be an integer array [B, T], got {tokens_BT.dtype}{tokens_BT.shape}")
+    B, T = tokens_BT.shape
+    if T > cfg.context_len:
+      raise ValueError(f"sequence of {T} tokens exceeds context_len={cfg.context_len}")
+    if positions_BT is None:
+      if caches is not None:
+        raise ValueError("decoding with caches needs explicit positions_BT")
+      positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    x_BTD = self.embed(tokens_BT)
+    if cfg.positions == "learned":
+      x_BTD = x_BTD + self.pos_embed(positions_BT)
+    elif cfg.positions == "sinusoidal":
+      x_BTD = x_BTD + positions.sinusoidal(positions_BT, cfg.d_model).astype(x_BTD.dtype)
+    x_BTD = self.dropout(x_BTD)
+
+    attn_kwargs = {}
+    if cfg.positions == "rope":
+      attn_kwargs["rope"] = functools.partial(positions.apply_rope, base=cfg.rope_base)
+    if cfg.positions == "alibi":
+      k_pos_BS = (positions_BT if caches is None else
+                  jnp.broadcast_to(jnp.arange(caches[0].max_len), (B, caches[0].max_len)))
+      attn_kwargs["bias"] = positions.alibi_bias(
+          positions.alibi_slopes(cfg.num_heads), positions_BT, k_pos_BS)
+    if cfg.attention_window is not None:
+      attn_kwargs["local_window_size"] = (cfg.attention_window, 0)
+
+    aux_sum: dict[str, Array] = {}
+    new_caches = []
+    for i, layer in enumerate(self.layers):
+      cache = None if caches is None else caches[i]
+      x_BTD, aux, new_cache = layer(x_BTD, positions_BT=positions_BT, cache=cache, **attn_kwargs)
+      new_caches.append(new_cache)
+      for name, val in aux.items():
+        aux_sum[name] = aux_sum.get(name, 0.0) + val
+    if self.final_norm is not None:
+      x_BTD = self.final_norm(x_BTD)
+    # Logits in fp32: the softmax cross-entropy over V classes needs the range.
+    if self.lm_head is None:
+      logits_BTV = self.embed.attend(x_BTD).astype(jnp.float32)
+    else:
+      logits_BTV = self.lm_head(x_BTD).astype(jnp.float32)
+    out = (logits_BTV,) if caches is None else (logits_BTV, new_caches)
+    if return_aux:
+      n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.num_layers))
+      names = ("load_balance", "router_z", "dropped_fraction")
+      out += ({k: aux_sum.get(k, jnp.zeros(())) / max(n_moe, 1) for k in names},)
+    return out[0] if len(out) == 1 else out
+
+
+def lm_loss(logits_BTV: Array, targets_BT: Array, mask_BT: Array | None = None) -> Array:
+  """Mean next-token cross-entropy in nats (masked positions excluded)."""
+  ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), targets_BT)
+  if mask_BT is None:
+    return jnp.mean(ce_BT)
+  mask_BT = mask_BT.astype(jnp.float32)
+  return jnp.sum(ce_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
