@@ -4,7 +4,8 @@
   src = data.load("fashion_mnist", "train")          # ArraySource, src.info, src[i]
   it = data.make_iterator(src, batch_size=128, seed=0)
   batch = next(it)                                    # {"image": [B,28,28,1], "label": [B]}
-  text = data.load_text("shakespeare", "train")      # after `python -m genfm.experiments.data.fetch`
+  text = data.load_text("shakespeare", "train")      # after running the fetch once:
+  # python -m genfm.experiments.data.fetch
 
 Nothing here touches the network; see `loader.load` for the data sets.
 """

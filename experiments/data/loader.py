@@ -47,7 +47,8 @@ def load(name: str, split: str, *,
   if not isinstance(name, str) or not isinstance(split, str):
     raise DataError(f"data set name and split must be strings; got {name!r}, {split!r}")
   if split not in SPLITS:
-    extra = " (text corpora: use data.load_text(name, 'validation'))" if split == "validation" else ""
+    extra = (" (text corpora: use data.load_text(name, 'validation'))"
+             if split == "validation" else "")
     raise DataError(f"unknown split {split!r} for data set {name!r}; valid choices: "
                     f"{', '.join(SPLITS)}{extra}")
   if name.startswith(tfds_source.TFDS_PREFIX):

@@ -173,8 +173,9 @@ def make_iterator(
     probe = source[process_index]
     probe = transform(probe) if transform is not None else probe
     if not isinstance(probe, dict) or "mask" in probe:
+      keys = sorted(probe) if isinstance(probe, dict) else ""
       raise ConfigError("pad_remainder needs dict records without a 'mask' key; got "
-                        f"{type(probe).__name__} {sorted(probe) if isinstance(probe, dict) else ''}")
+                        f"{type(probe).__name__} {keys}")
     num_batches = length // batch_size
   elif drop_remainder or num_epochs is None:
     num_batches = length // batch_size

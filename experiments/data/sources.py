@@ -1,7 +1,8 @@
 """Random-access data sources held in memory: images, 2-D toy points and LM windows.
 
 Every source here satisfies grain's `RandomAccessDataSource` protocol (`__len__`,
-`__getitem__`), so `grain.MapDataset.source(src)` reads it directly; see `pipeline.py`.
+`__getitem__`), so `grain.MapDataset.source(src)` reads it directly; `get_batch(idx_B)`
+answers a whole batch with one numpy fancy-index, the fast path of `pipeline.py`.
 Records are dicts of numpy arrays:
 
   images  {"image": uint8 [H, W, C], "label": int32 []}
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 

@@ -244,3 +244,7 @@ def test_sources_are_read_only_views():
   with pytest.raises(IndexError):
     src[len(src)]
   assert "ArraySource('moons'" in repr(src) and len(repr(src)) < 80
+  # A grain RandomAccessDataSource: grain's own MapDataset reads it record by record.
+  import grain
+  assert isinstance(src, grain.sources.RandomAccessDataSource)
+  np.testing.assert_array_equal(grain.MapDataset.source(src)[5]["x"], src.arrays["x"][5])
