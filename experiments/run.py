@@ -50,9 +50,43 @@ def _main(argv):
     sys.exit(2)
 
 
+def _config_keys(argv) -> list[str]:
+  """Dotted keys of the config named by --config=path[:variant] (for error messages)."""
+  import importlib.util
+
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+  path, _, variant = spec.partition(":")
+  try:
+    mod_spec = importlib.util.spec_from_file_location("_genfm_config", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+  except Exception:  # noqa: BLE001 — only used to enrich a message
+    return []
+  def walk(d, prefix=""):
+    for k, v in d.items():
+      yield from walk(v, f"{prefix}{k}.") if hasattr(v, "items") else [f"{prefix}{k}"]
+  return sorted(walk(config))
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with a bad `--config.key=value` override reported in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"genfm: error: {str(e).strip().rstrip('.')}. See --helpshort.", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    keys = _config_keys(argv)
+    print(f"genfm: error: cannot apply config override(s) {overrides}: {e}. Valid keys: "
+          f"{', '.join(keys) if keys else '(see the config file)'}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
   """Console-script entry point (`genfm-run`)."""
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,48 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
           for k, v in batch.items()}
 
 
+def init_state(task, config):
+  """(train graphdef, eval graphdef, state, optimizer) for a fresh run.
+
+  The NNX model is split into (graphdef, params, rest): `rest` holds BatchNorm statistics and RNG
+  stream counters. Train and eval graphdefs differ only in static flags (dropout, BN mode).
+  """
+  model = task.build_model(nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1))
+  model.train()
+  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  graph_eval = nnx.split(model, nnx.Param, ...)[0]
+  tx = make_optimizer(config)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
+           "opt_state": tx.init(params)}
+  return graph_train, graph_eval, state, tx
+
+
+def make_train_step(task, config, graph_train, tx):
+  """The pure step `(state, batch) -> (state, metrics)`, to be jitted with shardings."""
+  base_key, schedule = jax.random.key(config.seed), make_schedule(config)
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(base_key, state["step"])     # same noise on resume
+
+    def loss_fn(params, rest):
+      # copy=True: fresh Variables owned by this trace, so BatchNorm may update its statistics.
+      m = nnx.merge(graph_train, params, rest, copy=True)
+      loss, metrics = task.loss(m, batch, key)
+      return loss, (metrics, nnx.split(m, nnx.Param, ...)[2])
+
+    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["rest"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "rest": rest, "opt_state": opt_state}
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads),
+               "learning_rate": schedule(state["step"])}
+    return new_state, metrics
+
+  return train_step
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
   t_start = time.time()
@@ -117,16 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated, by_data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   is_chief = jax.process_index() == 0
 
-  # Model → (graphdef, params, rest); train and eval differ only in static flags (dropout, BN).
-  model = task.build_model(nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1))
-  model.train()
-  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  graph_eval = nnx.split(model, nnx.Param, ...)[0]
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  tx, schedule = make_optimizer(config), make_schedule(config)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
-           "opt_state": tx.init(params)}
+  graph_train, graph_eval, state, tx = init_state(task, config)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   state = jax.device_put(state, replicated)
 
   train_iter = data.make_iterator(task.train_source(), seed=config.seed, shuffle=True,
@@ -143,28 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.get("name", config.task), f"{n_params:,}", jax.device_count(),
                jax.default_backend(), "resuming" if start else "training", start, total, workdir)
 
-  base_key = jax.random.key(config.seed)
-
-  def train_step(state, batch):
-    key = jax.random.fold_in(base_key, state["step"])
-
-    def loss_fn(params):
-      m = nnx.merge(graph_train, params, state["rest"])
-      loss, metrics = task.loss(m, batch, key)
-      return loss, (metrics, nnx.split(m, nnx.Param, ...)[2])
-
-    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "rest": rest, "opt_state": opt_state}
-    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads),
-               "learning_rate": schedule(state["step"])}
-    return new_state, metrics
-
   def eval_step(state, batch):
     return task.eval_metrics(nnx.merge(graph_eval, state["params"], state["rest"]), batch)
 
-  train_step = jax.jit(train_step, in_shardings=(replicated, by_data),
+  train_step = jax.jit(make_train_step(task, config, graph_train, tx), in_shardings=(replicated, by_data),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   eval_step = jax.jit(eval_step, in_shardings=(replicated, by_data), out_shardings=replicated)
 

@@ -27,8 +27,10 @@ def random_crop_flip(key: jax.Array, x_BHWC: jax.Array, pad: int, flip: bool) ->
   k_crop, k_flip = jax.random.split(key)
   padded = jnp.pad(x_BHWC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   offsets_B2 = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
-  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
-  x_BHWC = jax.vmap(crop)(padded, offsets_B2)
+  rows_BH = offsets_B2[:, :1] + jnp.arange(h)               # gather rows, then columns:
+  cols_BW = offsets_B2[:, 1:] + jnp.arange(w)               # batch-elementwise, so it shards
+  x_BHWC = jnp.take_along_axis(padded, rows_BH[:, :, None, None], axis=1)
+  x_BHWC = jnp.take_along_axis(x_BHWC, cols_BW[:, None, :, None], axis=2)
   if flip:
     do_flip_B = jax.random.bernoulli(k_flip, 0.5, (b,))
     x_BHWC = jnp.where(do_flip_B[:, None, None, None], x_BHWC[:, :, ::-1], x_BHWC)

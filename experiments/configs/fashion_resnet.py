@@ -1,0 +1,34 @@
+"""Small ResNet (stages 16-32-64, BasicBlocks, random crop + flip) on Fashion-MNIST.
+
+Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_resnet.py --workdir=runs/fashion_resnet
+Hardware: CPU, 2 cores (slow: see WORKSPACE.md for the measured time), or any GPU (~a minute).
+Expect:   test_accuracy >= 0.93 (full run);  `:smoke` (sklearn digits, seconds) >= 0.95.
+"""
+
+import ml_collections
+
+from genfm.experiments.configs.common import base_config, check_variant
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  check_variant("fashion_resnet", variant)
+  c = base_config("fashion_resnet", task="classify", dataset="fashion_mnist")
+  c.model = ml_collections.ConfigDict({"name": "resnet", "widths": (16, 32, 64),
+                                       "blocks_per_stage": 2})
+  c.augment = ml_collections.ConfigDict({"crop_pad": 2, "flip": True})
+  c.learning_rate = 2e-3
+  c.weight_decay = 5e-4
+  c.schedule = "warmup_cosine"
+  c.warmup_steps = 200
+  c.num_train_steps = 7035                 # 15 epochs of 60k at batch 128
+  c.log_every_steps = 200
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 500
+  if variant == "smoke":
+    c.dataset = "digits"
+    c.model.widths, c.model.blocks_per_stage = (16, 32), 1
+    c.augment.crop_pad, c.augment.flip = 0, False        # 8×8 digits: no room to crop
+    c.batch_size, c.learning_rate, c.warmup_steps = 64, 3e-3, 20
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 300
+    c.log_every_steps = 50
+  return c
