@@ -104,3 +104,12 @@ def test_compiler_params_pick_triton_and_mosaic():
   with pytest.raises(ValueError, match="backend must be one of"):
     pallas_compat.compiler_params("cuda", num_dims=1)
   assert pallas_compat.default_backend() == "interpret"  # this suite runs on CPU
+
+
+def test_kernels_index_refs_instead_of_removed_load_store():
+  """pl.load/pl.store (and triton's load/store) are gone or going on newer jax: index refs."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  for module in (fak, rms_norm):
+    source = inspect.getsource(module)
+    for banned in ("pl.load(", "pl.store(", "plgpu.load(", "plgpu.store(", "pl.swap("):
+      assert banned not in source, (module.__name__, banned)
