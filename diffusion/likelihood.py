@@ -60,20 +60,26 @@ def probe(key: jax.Array, shape: tuple[int, ...], estimator: str) -> jax.Array:
 
 
 def log_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x0: jax.Array,
-                   estimator: str = "exact", key: jax.Array | None = None,
+                   estimator: str | jax.Array = "exact", key: jax.Array | None = None,
                    eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
                    prior_logp: Callable[[jax.Array], jax.Array] | None = None,
                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """log p_0(x0) [B] in nats by eq. (39); returns (logp, z = x(T), solver stats).
 
-  estimator: "exact", "rademacher" or "gaussian" (the last two need `key`).
+  estimator: "exact", "rademacher" or "gaussian" (the last two need `key`), or an array of
+  probes shaped like x0 (Hutchinson with those probes).
   prior_logp(z) → [B] defaults to the SDE's prior N(0, prior_std² I); pass the exact
   marginal p_T to remove the prior-mismatch term (tests do, see analytic.py).
   """
-  if estimator not in ESTIMATORS:
+  if not isinstance(estimator, str):
+    v = jnp.asarray(estimator)
+    if v.shape != x0.shape:
+      raise ValueError(f"Probe array has shape {v.shape}, expected x0's shape {x0.shape}.")
+    estimator = "probes"
+  elif estimator not in ESTIMATORS:
     raise ValueError(f"Unknown trace estimator {estimator!r}; valid choices: "
-                     f"{', '.join(ESTIMATORS)}.")
-  if estimator != "exact":
+                     f"{', '.join(ESTIMATORS)}, or a probe array.")
+  elif estimator != "exact":
     if key is None:
       raise ValueError(f"estimator={estimator!r} needs a PRNG key.")
     v = probe(key, x0.shape, estimator)

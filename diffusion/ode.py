@@ -20,17 +20,17 @@ from jax.flatten_util import ravel_pytree
 
 Fn = Callable[[Any, jax.Array], Any]
 
-# Dormand–Prince RK5(4)7M tableau (c, A, 5th-order b, error weights E = b − b̂).
-_C = np.array([0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1], np.float64)
-_A = [
-    [],
-    [1 / 5],
-    [3 / 40, 9 / 40],
-    [44 / 45, -56 / 15, 32 / 9],
-    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-]
-_B = np.array([35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84], np.float64)
+# Dormand–Prince RK5(4)7M tableau. Row 6 of A is the 5th-order weights b: the 7th stage is
+# evaluated at y_new itself, which is what makes the method "first same as last" (FSAL).
+_C = np.array([0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1], np.float64)
+_A = np.zeros((7, 7), np.float64)
+_A[1, :1] = [1 / 5]
+_A[2, :2] = [3 / 40, 9 / 40]
+_A[3, :3] = [44 / 45, -56 / 15, 32 / 9]
+_A[4, :4] = [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729]
+_A[5, :5] = [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656]
+_A[6, :6] = [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]
+# Error weights E = b − b̂ (5th minus embedded 4th order).
 _E = np.array([-71 / 57600, 0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40],
               np.float64)
 _SAFETY, _MIN_FACTOR, _MAX_FACTOR = 0.9, 0.2, 10.0
@@ -105,23 +105,31 @@ def dopri5(f: Fn, y0: Any, t0: float, t1: float, rtol: float = 1e-5, atol: float
     t, _, _, _, _, nsteps, nrej = state
     return (direction * (t1 - t) > 0) & (nsteps + nrej < max_steps)
 
+  A, C, E = (jnp.asarray(v, dtype) for v in (_A, _C, _E))
+
   def body(state):
     t, y, fy, h_abs, nfev, nsteps, nrej = state
     h_abs = jnp.minimum(h_abs, jnp.abs(t1 - t))
     h = h_abs * direction
-    ks = [fy]
-    for i in range(1, 6):
-      ks.append(fv(_axpy(y, h, ks, _A[i]), t + _C[i] * h))
-    y_new = _axpy(y, h, ks, _B)
-    t_new = jnp.where(h_abs >= jnp.abs(t1 - t), t1, t + h)   # land exactly on t1
-    f_new = fv(y_new, t_new)                                 # FSAL: k7 = f(y_new)
-    err = h * sum(e * k for e, k in zip(_E, ks + [f_new]) if e != 0)
+    t_end = jnp.where(h_abs >= jnp.abs(t1 - t), t1, t + h)   # land exactly on t1
+
+    # Stages 1..6 as a scan over the tableau rows, so f is traced (and compiled) once
+    # instead of six times — compile time dominates on CPU for small states.
+    def stage(K_7P, i):
+      y_i = y + h * (A[i] @ K_7P)
+      t_i = jnp.where(i == 6, t_end, t + C[i] * h)
+      return K_7P.at[i].set(fv(y_i, t_i)), None
+
+    K_7P = jnp.zeros((7,) + y.shape, dtype).at[0].set(fy)
+    K_7P, _ = jax.lax.scan(stage, K_7P, jnp.arange(1, 7))
+    y_new = y + h * (A[6] @ K_7P)                            # 5th-order solution
+    err = h * (E @ K_7P)
     err_norm = rms(err / (atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y_new))))
     accept = err_norm <= 1.0
     factor = jnp.where(err_norm == 0, _MAX_FACTOR, _SAFETY * err_norm ** (-1 / 5))
     factor = jnp.clip(factor, _MIN_FACTOR, _MAX_FACTOR)
-    return (jnp.where(accept, t_new, t), jnp.where(accept, y_new, y),
-            jnp.where(accept, f_new, fy), h_abs * factor, nfev + 6,
+    return (jnp.where(accept, t_end, t), jnp.where(accept, y_new, y),
+            jnp.where(accept, K_7P[6], fy), h_abs * factor, nfev + 6,
             nsteps + accept.astype(jnp.int32), nrej + (~accept).astype(jnp.int32))
 
   init = (t0, flat0, f0, h_init, jnp.int32(2), jnp.int32(0), jnp.int32(0))
