@@ -1,4 +1,4 @@
-"""Flash attention benchmark: Pallas vs XLA vs cuDNN, TFLOP/s and memory (FlashAttention-2, 2307.08691).
+"""Flash attention bench: Pallas vs XLA vs cuDNN TFLOP/s and memory (FlashAttention-2, 2307.08691).
 
 ``run(emit)`` calls ``emit(dict)`` once per measurement (the launcher prints each as a JSON line;
 ``python -m genfm.experiments.bench flash_attention`` once registered there). On a GPU it sweeps

@@ -89,17 +89,8 @@ def _flash_bwd(cfg, residuals, do):
   # D_i = rowsum(dO ∘ O), Alg. 2 line 4 of 2307.08691 (a cheap elementwise XLA fusion).
   delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
   delta = delta[..., None] if cfg.tpu_layout else jnp.swapaxes(delta, 1, 2)  # like lse
-  g = cfg.groups
-  dq, dk, dv = fak.backward(q, k, v, qseg, kseg, do, lse, delta, cfg,
-                            jnp.float32 if g > 1 else k.dtype)
-  if g > 1:  # dK, dV of a KV head = sum over its G query heads (summed in fp32)
-    if cfg.tpu_layout:
-      b, n, s, h = dk.shape
-      dk, dv = (x.reshape(b, n // g, g, s, h).sum(2) for x in (dk, dv))
-    else:
-      b, s, n, h = dk.shape
-      dk, dv = (x.reshape(b, s, n // g, g, h).sum(3) for x in (dk, dv))
-  return dq, dk.astype(k.dtype), dv.astype(v.dtype), None, None
+  dq, dk, dv = fak.backward(q, k, v, qseg, kseg, do, lse, delta, cfg)
+  return dq, dk, dv, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -1,7 +1,9 @@
 """FlashAttention-2 Pallas kernels: forward, dK/dV and dQ (arXiv 2307.08691, Algorithms 1-2).
 
-The kernels see one (batch, head) pair per program and one tile of rows; the public wrapper in
-``flash_attention.py`` pads, lays out and differentiates them. Each body is shared by the three
+Grids: the forward and dQ kernels run one program per (batch, query head, query tile) and loop
+over key tiles; the dK/dV kernel runs one per (batch, KV head, key tile) and loops over the G
+query heads of that KV head and their query tiles, so GQA/MQA gradients are summed in-kernel.
+The public wrapper in ``flash_attention.py`` pads, lays out and differentiates them. Each body is shared by the three
 backends of ``pallas_compat``; only the BlockSpecs differ:
 
 * ``tpu_layout=False`` (GPU/Triton and the default interpreter): arrays stay in the
@@ -22,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import jax
 from jax import lax
@@ -121,7 +122,7 @@ def _cdiv(a, b: int):
 # ----------------------------------------------------------------------------- tile ranges
 
 
-def _kv_range(i, bq: int, bk: int, cfg: KernelConfig):
+def kv_tile_range(i, bq: int, bk: int, cfg: KernelConfig):
   """For query tile i: (n_unmasked, n_visible) key tiles; tiles >= n_visible are skipped.
 
   Tile j needs no mask when all its keys are real and (causal) its last key <= the tile's first
@@ -139,7 +140,7 @@ def _kv_range(i, bq: int, bk: int, cfg: KernelConfig):
   return unmasked, visible
 
 
-def _q_range(j, bq: int, bk: int, n_q: int, cfg: KernelConfig):
+def q_tile_range(j, bq: int, bk: int, n_q: int, cfg: KernelConfig):
   """For key tile j: (first, first_unmasked) query tiles; tiles [first_unmasked, n_q) unmasked."""
   if cfg.is_causal:
     first = lax.div(j * bk, bq)  # query tiles whose last query precedes key j·bk are skipped
@@ -187,7 +188,7 @@ def _forward_kernel(*refs, cfg: KernelConfig):
   stat_shape = (bq, 1) if cfg.tpu_layout else (bq,)
   carry = (jnp.zeros(q.shape, jnp.float32), jnp.full(stat_shape, MASK_VALUE, jnp.float32),
            jnp.zeros(stat_shape, jnp.float32))
-  unmasked, visible = _kv_range(i, bq, bk, cfg)
+  unmasked, visible = kv_tile_range(i, bq, bk, cfg)
   carry = lax.fori_loop(0, unmasked, functools.partial(body, masked=False), carry)
   acc, m, l = lax.fori_loop(unmasked, visible, functools.partial(body, masked=True), carry)
 
@@ -224,7 +225,7 @@ def _dq_kernel(*refs, cfg: KernelConfig):
     ds = p * (dp - delta)  # dS = P ∘ (dP - D), line 17
     return dq + _dot(ds.astype(k.dtype), k, (1, 0))  # dQ += dS K, line 18 (scale below)
 
-  unmasked, visible = _kv_range(i, bq, bk, cfg)
+  unmasked, visible = kv_tile_range(i, bq, bk, cfg)
   dq = jnp.zeros(q.shape, jnp.float32)
   dq = lax.fori_loop(0, unmasked, functools.partial(body, masked=False), dq)
   dq = lax.fori_loop(unmasked, visible, functools.partial(body, masked=True), dq)
@@ -232,7 +233,12 @@ def _dq_kernel(*refs, cfg: KernelConfig):
 
 
 def _dkv_kernel(*refs, cfg: KernelConfig):
-  """dK, dV for one key tile of one query head (Algorithm 2 of 2307.08691; P recomputed)."""
+  """dK, dV for one key tile of one KV head (Algorithm 2 of 2307.08691; P recomputed).
+
+  The G query heads that share this KV head are visited in-kernel and accumulate into the same
+  fp32 dK/dV tiles, so GQA/MQA needs no per-query-head dK/dV buffers. Query-side refs hold the
+  G heads: q/dO [T, G, H] and stats [G, T] (TPU: [G, T, H] and [G, T, 1]).
+  """
   if cfg.has_segments:
     (q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref,
      dk_ref, dv_ref) = refs
@@ -242,22 +248,26 @@ def _dkv_kernel(*refs, cfg: KernelConfig):
   bq, bk = cfg.block_q_dkv, cfg.block_k_dkv
   j = pl.program_id(2)
   k, v = k_ref[...], v_ref[...]  # [bk, H]
-  n_q = q_ref.shape[0] // bq
+  n_q = q_ref.shape[1 if cfg.tpu_layout else 0] // bq
   kseg = kseg_ref[...] if cfg.has_segments else None
   if kseg is not None and not cfg.tpu_layout:
     kseg = kseg[None, :]  # [1, bk]
 
-  def body(i, carry, masked):
+  def rows(ref, g, sl):  # [bq, H] of query head g
+    return ref[g, sl, :] if cfg.tpu_layout else ref[sl, g, :]
+
+  def stat(ref, g, sl):  # [bq, 1] statistic of query head g
+    return ref[g, sl, :] if cfg.tpu_layout else ref[g, sl][:, None]
+
+  def body(i, carry, g, masked):
     dk, dv = carry
     start = pl.multiple_of(i * bq, bq)
-    q = q_ref[pl.ds(start, bq), :]
-    do = do_ref[pl.ds(start, bq), :]
-    if cfg.tpu_layout:
-      lse, delta = lse_ref[pl.ds(start, bq), :], delta_ref[pl.ds(start, bq), :]
-      qseg = qseg_ref[pl.ds(start, bq), :] if cfg.has_segments else None
-    else:
-      lse, delta = lse_ref[pl.ds(start, bq)][:, None], delta_ref[pl.ds(start, bq)][:, None]
-      qseg = qseg_ref[pl.ds(start, bq)][:, None] if cfg.has_segments else None
+    sl = pl.ds(start, bq)
+    q, do = rows(q_ref, g, sl), rows(do_ref, g, sl)
+    lse, delta = stat(lse_ref, g, sl), stat(delta_ref, g, sl)
+    qseg = None
+    if cfg.has_segments:
+      qseg = qseg_ref[sl, :] if cfg.tpu_layout else qseg_ref[sl][:, None]
     s = _logits(q, k, start, j * bk, qseg, kseg, masked, cfg)  # [bq, bk]
     p = jnp.exp2(s - lse)  # P_ij, Alg. 2 line 13
     dv = dv + _dot(p.astype(do.dtype), do, (0, 0))  # dV += Pᵀ dO, line 15
@@ -266,10 +276,14 @@ def _dkv_kernel(*refs, cfg: KernelConfig):
     dk = dk + _dot(ds.astype(q.dtype), q, (0, 0))  # dK += dSᵀ Q, line 19 (scale below)
     return dk, dv
 
-  first, first_unmasked = _q_range(j, bq, bk, n_q, cfg)
+  first, first_unmasked = q_tile_range(j, bq, bk, n_q, cfg)
   carry = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-  carry = lax.fori_loop(first, first_unmasked, functools.partial(body, masked=True), carry)
-  dk, dv = lax.fori_loop(first_unmasked, n_q, functools.partial(body, masked=False), carry)
+  for g in range(cfg.groups):  # static: G query heads read this KV head
+    carry = lax.fori_loop(first, first_unmasked,
+                          functools.partial(body, g=g, masked=True), carry)
+    carry = lax.fori_loop(first_unmasked, n_q, functools.partial(body, g=g, masked=False),
+                          carry)
+  dk, dv = carry
   dk_ref[...] = (dk * cfg.scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -292,6 +306,22 @@ def _seq_spec(block: int | None, length: int, h: int, cfg: KernelConfig,
 
   shape = (None, None, rows, h) if cfg.tpu_layout else (None, rows, None, h)
   return pl.BlockSpec(shape, index)
+
+
+def _group_spec(length: int, h: int, cfg: KernelConfig) -> pl.BlockSpec:
+  """Whole-sequence block of the G query heads of KV head n, for grid (b, n, key tile)."""
+  g = cfg.groups
+  if cfg.tpu_layout:  # [B, N, T, H]: block (G, T, H); (T, H) are full dims
+    return pl.BlockSpec((None, g, length, h), lambda b, n, t: (b, n, 0, 0))
+  return pl.BlockSpec((None, length, g, h), lambda b, n, t: (b, 0, n, 0))
+
+
+def _group_stat_spec(length: int, cfg: KernelConfig) -> pl.BlockSpec:
+  """Whole-sequence statistics of the G query heads of KV head n: [G, T] (TPU [G, T, 1])."""
+  g = cfg.groups
+  if cfg.tpu_layout:
+    return pl.BlockSpec((None, g, length, 1), lambda b, n, t: (b, n, 0, 0))
+  return pl.BlockSpec((None, g, length), lambda b, n, t: (b, n, 0))
 
 
 def _stat_spec(block: int, length: int, cfg: KernelConfig, tiled: bool) -> pl.BlockSpec:
@@ -352,8 +382,8 @@ def forward(q, k, v, qseg, kseg, cfg: KernelConfig) -> tuple[jax.Array, jax.Arra
   return out, lse
 
 
-def backward(q, k, v, qseg, kseg, do, lse, delta, cfg: KernelConfig, dkv_dtype: Any):
-  """Kernel-layout backward: dQ like q, and dK/dV per *query* head ([B, S, N, H] layout-wise)."""
+def backward(q, k, v, qseg, kseg, do, lse, delta, cfg: KernelConfig):
+  """Kernel-layout backward: (dQ like q, dK like k, dV like v)."""
   b, n, t, s, h = _dims(q, k, cfg)
   seg_args = [qseg, kseg] if cfg.has_segments else []
   # dQ: grid over query tiles, loop over key tiles.
@@ -367,17 +397,16 @@ def backward(q, k, v, qseg, kseg, do, lse, delta, cfg: KernelConfig, dkv_dtype: 
   dq = _call(_dq_kernel, cfg, (b, n, t // bq), in_specs, _seq_spec(bq, t, h, cfg, True),
              jax.ShapeDtypeStruct(q.shape, q.dtype), "flash_attention_dq")(
                  q, k, v, *seg_args, do, lse, delta)
-  # dK/dV: grid over key tiles of each query head, loop over query tiles.
+  # dK/dV: grid over key tiles of each KV head; loops over its G query heads and query tiles.
   bk = cfg.block_k_dkv
-  in_specs = [_seq_spec(None, t, h, cfg, False), _seq_spec(bk, s, h, cfg, True, cfg.groups),
-              _seq_spec(bk, s, h, cfg, True, cfg.groups)]
+  kh = n // cfg.groups
+  in_specs = [_group_spec(t, h, cfg), _seq_spec(bk, s, h, cfg, True),
+              _seq_spec(bk, s, h, cfg, True)]
   if cfg.has_segments:
     in_specs += _seg_specs(t, s, None, bk, cfg)
-  in_specs += [_seq_spec(None, t, h, cfg, False), _stat_spec(bq, t, cfg, False),
-               _stat_spec(bq, t, cfg, False)]
-  dkv_shape = (b, n, s, h) if cfg.tpu_layout else (b, s, n, h)
+  in_specs += [_group_spec(t, h, cfg), _group_stat_spec(t, cfg), _group_stat_spec(t, cfg)]
   out_spec = _seq_spec(bk, s, h, cfg, True)
-  dk, dv = _call(_dkv_kernel, cfg, (b, n, s // bk), in_specs, [out_spec, out_spec],
-                 [jax.ShapeDtypeStruct(dkv_shape, dkv_dtype)] * 2, "flash_attention_dkv")(
-                     q, k, v, *seg_args, do, lse, delta)
+  dk, dv = _call(_dkv_kernel, cfg, (b, kh, s // bk), in_specs, [out_spec, out_spec],
+                 [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+                 "flash_attention_dkv")(q, k, v, *seg_args, do, lse, delta)
   return dq, dk, dv

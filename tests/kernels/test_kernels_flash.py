@@ -1,5 +1,7 @@
 """Pallas flash attention (interpret mode on CPU) against the pure-jnp fp32 reference."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -55,7 +57,7 @@ def test_fp32_forward_and_grads_match_reference(b, t, s, n, k, h, causal, segmen
   qs = _segments(b, t, [t // 3, t // 2][:b]) if segments else None
   ks = _segments(b, s, [t // 3, t // 2][:b]) if segments else None
   kw = dict(is_causal=causal, q_segment_ids=qs, kv_segment_ids=ks)
-  pallas = lambda *a: fa.flash_attention(*a, block_sizes=SMALL, tpu_layout=tpu_layout, **kw)  # pylint: disable=unnecessary-lambda-assignment
+  pallas = functools.partial(fa.flash_attention, block_sizes=SMALL, tpu_layout=tpu_layout, **kw)
   out, grads = _value_and_grads(pallas, q, k_, v, do)
   ref_out, ref_grads = _value_and_grads(lambda *a: ar.mha_reference(*a, **kw), q, k_, v, do)
   chex.assert_shape(out, (b, t, n, h))
@@ -89,8 +91,8 @@ def test_bf16_within_2e2_and_at_most_twice_xla_error(h):
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]
   ref_out, ref_grads = _value_and_grads(lambda *a: ar.mha_reference(*a, is_causal=True), *f32,
                                         do)
-  pallas = lambda *a: fa.flash_attention(*a, is_causal=True, block_sizes=SMALL)  # pylint: disable=unnecessary-lambda-assignment
-  xla = lambda *a: jax.nn.dot_product_attention(*a, is_causal=True, implementation="xla")  # pylint: disable=unnecessary-lambda-assignment
+  pallas = functools.partial(fa.flash_attention, is_causal=True, block_sizes=SMALL)
+  xla = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation="xla")
   errs = {}
   for name, fn in (("pallas", pallas), ("xla", xla)):
     out, grads = _value_and_grads(fn, q, k, v, do)
@@ -109,7 +111,7 @@ def test_fully_masked_rows_are_zero_with_finite_zero_grads():
   q_ids = jnp.where(jnp.arange(t) < 20, 0, 7)[None].astype(jnp.int32)  # id 7: no such key
   kv_ids = jnp.zeros((b, s), jnp.int32)
   kw = dict(is_causal=True, segment_ids=(q_ids, kv_ids))
-  pallas = lambda *a: fa.dot_product_attention(*a, **kw)  # pylint: disable=unnecessary-lambda-assignment
+  pallas = functools.partial(fa.dot_product_attention, **kw)
   out, (dq, dk, dv) = _value_and_grads(pallas, q, k_, v, do)
   for x in (out, dq, dk, dv):
     assert bool(jnp.all(jnp.isfinite(x)))
@@ -139,7 +141,7 @@ def test_eval_shape_and_jit_equals_eager():
   shape = jax.eval_shape(lambda *a: fa.dot_product_attention(*a), q.astype(jnp.bfloat16),
                          k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
   assert shape.shape == (1, 32, 2, 64) and shape.dtype == jnp.bfloat16
-  fn = lambda *a: fa.dot_product_attention(*a, scale=0.5)  # pylint: disable=unnecessary-lambda-assignment
+  fn = functools.partial(fa.dot_product_attention, scale=0.5)
   ref = _reference(q, k, v, scale=0.5)
   for variant in (fn, jax.jit(fn)):  # eager and jitted
     np.testing.assert_allclose(variant(q, k, v), ref, atol=1e-5, rtol=0)
@@ -169,7 +171,7 @@ def test_tile_ranges_skip_exactly_the_invisible_tiles(t, s, bq, bk, causal):
                          seq_q=t, seq_k=s, block_q=bq, block_k=bk, block_q_dkv=bq,
                          block_k_dkv=bk, groups=1, tpu_layout=False)
   want = _brute_force_tiles(t, s, bq, bk, causal)
-  got = [tuple(int(x) for x in fak._kv_range(jnp.int32(i), bq, bk, cfg))  # pylint: disable=protected-access
+  got = [tuple(int(x) for x in fak.kv_tile_range(jnp.int32(i), bq, bk, cfg))
          for i in range(len(want))]
   assert got == want
 
@@ -182,7 +184,7 @@ def test_dkv_query_ranges_cover_exactly_the_visible_tiles():
                          block_k_dkv=bk, groups=1, tpu_layout=False)
   mask = np.tril(np.ones((t, s), bool))
   for j in range(s // bk):
-    first, first_unmasked = (int(x) for x in fak._q_range(jnp.int32(j), bq, bk, t // bq, cfg))  # pylint: disable=protected-access
+    first, first_unmasked = (int(x) for x in fak.q_tile_range(jnp.int32(j), bq, bk, t // bq, cfg))
     cols = mask[:, j * bk:(j + 1) * bk]
     tiles = [cols[i * bq:(i + 1) * bq] for i in range(t // bq)]
     assert first == min(i for i, x in enumerate(tiles) if x.any())

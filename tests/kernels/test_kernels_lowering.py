@@ -59,7 +59,8 @@ def test_flash_forward_and_backward_lower(backend, t, s, n, k, h, causal, segmen
                               backend=backend)
 
   def grads(q, k_, v, qs, ks):
-    loss = lambda *a: jnp.sum(fwd(*a, qs, ks).astype(jnp.float32))  # pylint: disable=unnecessary-lambda-assignment
+    def loss(*a):
+      return jnp.sum(fwd(*a, qs, ks).astype(jnp.float32))
     return jax.grad(loss, argnums=(0, 1, 2))(q, k_, v)
 
   call = TRITON_CALL if backend == "gpu" else MOSAIC_CALL
@@ -86,7 +87,8 @@ def test_rms_norm_forward_and_backward_lower(backend):
   w = jax.ShapeDtypeStruct((256,), jnp.bfloat16)
 
   def grads(x_, w_):
-    loss = lambda a, b: jnp.sum(rms_norm.rms_norm(a, b, backend=backend).astype(jnp.float32))  # pylint: disable=unnecessary-lambda-assignment
+    def loss(a, b):
+      return jnp.sum(rms_norm.rms_norm(a, b, backend=backend).astype(jnp.float32))
     return jax.grad(loss, argnums=(0, 1))(x_, w_)
 
   call = TRITON_CALL if backend == "gpu" else MOSAIC_CALL
