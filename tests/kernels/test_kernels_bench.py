@@ -1,8 +1,11 @@
-"""The flash attention bench runs on CPU, labels itself, and counts FLOPs by the stated formula."""
+"""The flash bench runs on CPU and labels itself; FLOPs by the stated formula; memory scaling."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from genfm.kernels import bench_flash
+from genfm.kernels import flash_attention as fa
 
 
 def test_attention_flops_formula():
@@ -25,3 +28,22 @@ def test_run_on_cpu_emits_labelled_interpret_records():
     assert r["seconds"] > 0 and r["tflops_per_sec"] > 0
     assert r["flops"] == bench_flash.attention_flops(1, 2, 128, 128, 64, True, r["pass"] != "fwd")
   assert any(r.get("skipped") == "needs a CUDA GPU" for r in records)
+
+
+def _fwd_bwd_temp_bytes(impl, t):
+  def loss(q, k, v):
+    out = fa.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    return jnp.sum(out.astype(jnp.float32))
+
+  x = jax.ShapeDtypeStruct((1, t, 2, 64), jnp.bfloat16)
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_flash_temp_memory_is_linear_in_length_xla_quadratic():
+  """Doubling T doubles the Pallas fwd+bwd scratch; the XLA reference's [B, N, T, S] grows 4x."""
+  pallas = [_fwd_bwd_temp_bytes("pallas", t) for t in (256, 512)]
+  xla = [_fwd_bwd_temp_bytes("xla", t) for t in (256, 512)]
+  assert 1.8 < pallas[1] / pallas[0] < 2.2, pallas
+  assert xla[1] / xla[0] > 3.5, xla
+  assert pallas[1] < xla[1]
