@@ -223,3 +223,24 @@ def test_bad_block_sizes_raise():
                                                 block_sizes=fa.BlockSizes(block_k=64)), q)
   with pytest.raises(ValueError, match="backend must be one of"):
     fa.flash_attention(q, q, q, backend="metal")
+
+
+@pytest.mark.slow
+def test_tpu_backend_under_tpu_interpreter_matches_reference():
+  """backend="tpu" as shipped (128-row tiles, BNTH, Mosaic compiler params) in jax's TPU
+  interpreter: GQA, causal, packed segments, T=200 and S=136 padded to whole 128-tiles."""
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  force = getattr(pltpu, "force_tpu_interpret_mode", None)
+  if force is None:
+    pytest.skip("this jax has no pltpu.force_tpu_interpret_mode")
+  b, t, s, n, k, h = 1, 200, 136, 4, 2, 64
+  q, k_, v, do = _qkv(b, t, s, n, k, h, seed=7)
+  kw = dict(is_causal=True, q_segment_ids=_segments(b, t, [70]),
+            kv_segment_ids=_segments(b, s, [70]))
+  with force():
+    out, grads = _value_and_grads(functools.partial(fa.flash_attention, backend="tpu", **kw),
+                                  q, k_, v, do)
+  ref_out, ref_grads = _value_and_grads(functools.partial(ar.mha_reference, **kw), q, k_, v, do)
+  np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=0)
+  for g, rg in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, rg, atol=1e-4, rtol=0)
