@@ -7,7 +7,8 @@ are written once and launched on three targets:
   params lowers through Mosaic GPU (Hopper-only, warpgroup semantics); passing Triton compiler
   params selects the portable Triton lowering explicitly.
 * ``"tpu"``: Mosaic TPU. Block shapes must have their last two dims divisible by (8, 128) or
-  equal to the full array dims; interpret mode does not check this, ``tpu_block_ok`` does.
+  equal to the full array dims. Interpret mode does not check this; lowering for "tpu" does
+  (``tests/kernels/test_kernels_lowering.py`` lowers every kernel for TPU on a CPU host).
 * ``"interpret"``: the Pallas interpreter on CPU, the default when no accelerator is present.
 
 Version differences handled by feature detection (never by parsing version strings):
@@ -97,15 +98,3 @@ def compiler_params(backend: str, *, num_dims: int, num_warps: int = 4,
   # (megacore TPUs may split any of them across cores).
   return cls(dimension_semantics=("parallel",) * num_dims)
 
-
-def tpu_block_ok(block_shape: tuple[int | None, ...], array_shape: tuple[int, ...]) -> bool:
-  """Whether a block obeys the TPU tiling rule on its last two dims.
-
-  The rule: the last dim is divisible by 128 or equals the array dim, the second-to-last is
-  divisible by 8 or equals the array dim. A squeezed dim (None) counts as a block of 1.
-  """
-  block = tuple(1 if b is None else b for b in block_shape)
-  for b, a, tile in zip(block[-2:], array_shape[-2:], (8, 128)[-len(block[-2:]):]):
-    if b != a and b % tile:
-      return False
-  return True

@@ -65,7 +65,10 @@ def test_flash_forward_and_backward_lower(backend, t, s, n, k, h, causal, segmen
 
   call = TRITON_CALL if backend == "gpu" else MOSAIC_CALL
   assert _lower(fwd, args, backend).count(call) == 1  # the forward kernel
-  assert _lower(grads, args, backend).count(call) == 3  # forward + dQ + dK/dV kernels
+  text = _lower(grads, args, backend)
+  assert text.count(call) == 3  # forward + dQ + dK/dV kernels
+  # jax 0.10 lowers a GPU pallas_call without Triton params through Mosaic GPU (Hopper only).
+  assert "mosaic_gpu" not in text
 
 
 def test_gpu_layout_on_tpu_is_rejected_by_the_tiling_rule():
@@ -76,9 +79,6 @@ def test_gpu_layout_on_tpu_is_rejected_by_the_tiling_rule():
   q = jax.ShapeDtypeStruct((1, 128, 4, 128), jnp.float32)
   with pytest.raises(Exception, match="divisible by 8 and 128"):
     _lower(lambda q, k, v: fak.forward(q, k, v, None, None, cfg)[0], (q, q, q), "tpu")
-  assert not pallas_compat.tpu_block_ok((128, None, 128), (128, 4, 128))
-  assert pallas_compat.tpu_block_ok((None, 128, 128), (4, 128, 128))
-  assert pallas_compat.tpu_block_ok((None, None, 128, 1), (1, 4, 256, 1))
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
