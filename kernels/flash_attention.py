@@ -86,7 +86,7 @@ def _flash_fwd(q, k, v, qseg, kseg, cfg):
 
 def _flash_bwd(cfg, residuals, do):
   q, k, v, qseg, kseg, out, lse = residuals
-  # D_i = rowsum(dO ∘ O), Alg. 2 line 4 of 2307.08691 (a cheap elementwise XLA fusion).
+  # D_i = rowsum(dO ∘ O), Algorithm 2 of 2307.08691 (a cheap elementwise XLA fusion).
   delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
   delta = delta[..., None] if cfg.tpu_layout else jnp.swapaxes(delta, 1, 2)  # like lse
   dq, dk, dv = fak.backward(q, k, v, qseg, kseg, do, lse, delta, cfg)

@@ -178,7 +178,7 @@ def _forward_kernel(*refs, cfg: KernelConfig):
     v = v_ref[pl.ds(start, bk), :]  # [bk, H]
     kseg = _key_row(kseg_ref, start, bk, cfg) if cfg.has_segments else None
     s = _logits(q, k, i * bq, start, qseg, kseg, masked, cfg)  # [bq, bk]
-    m_new = jnp.maximum(m_prev, _row_reduce(jnp.max, s, cfg))  # m_i^(j), Alg. 1 line 8
+    m_new = jnp.maximum(m_prev, _row_reduce(jnp.max, s, cfg))  # m_i^(j) (Alg. 1)
     alpha = jnp.exp2(m_prev - m_new)  # rescale of the old partial sums
     p = jnp.exp2(s - _col(m_new, cfg))  # P̃_i^(j) = exp(S - m)
     l_new = alpha * l_prev + _row_reduce(jnp.sum, p, cfg)  # ℓ_i^(j)
@@ -196,9 +196,9 @@ def _forward_kernel(*refs, cfg: KernelConfig):
   # that the backward recomputes P = exp2(s - lse) = 0 for it instead of NaN.
   empty = m <= 0.5 * MASK_VALUE
   l_safe = jnp.where(empty, 1.0, l)
-  out = acc / _col(l_safe, cfg)  # O_i = diag(ℓ)^-1 Õ_i, Alg. 1 line 12
+  out = acc / _col(l_safe, cfg)  # O_i = diag(ℓ)^-1 Õ_i (Alg. 1)
   o_ref[...] = jnp.where(_col(empty, cfg), 0.0, out).astype(o_ref.dtype)
-  lse_ref[...] = jnp.where(empty, -MASK_VALUE, m + jnp.log2(l_safe))  # L_i (base 2), line 13
+  lse_ref[...] = jnp.where(empty, -MASK_VALUE, m + jnp.log2(l_safe))  # L_i (base 2)
 
 
 def _dq_kernel(*refs, cfg: KernelConfig):
@@ -220,10 +220,10 @@ def _dq_kernel(*refs, cfg: KernelConfig):
     v = v_ref[pl.ds(start, bk), :]
     kseg = _key_row(kseg_ref, start, bk, cfg) if cfg.has_segments else None
     s = _logits(q, k, i * bq, start, qseg, kseg, masked, cfg)
-    p = jnp.exp2(s - lse)  # P_ij = exp(S_ij - L_i), Alg. 2 line 13
-    dp = _dot(do, v, (1, 1))  # dP = dO Vᵀ, line 16
-    ds = p * (dp - delta)  # dS = P ∘ (dP - D), line 17
-    return dq + _dot(ds.astype(k.dtype), k, (1, 0))  # dQ += dS K, line 18 (scale below)
+    p = jnp.exp2(s - lse)  # P_ij = exp(S_ij - L_i) (Alg. 2)
+    dp = _dot(do, v, (1, 1))  # dP = dO Vᵀ
+    ds = p * (dp - delta)  # dS = P ∘ (dP - D)
+    return dq + _dot(ds.astype(k.dtype), k, (1, 0))  # dQ += dS K (scale below)
 
   unmasked, visible = kv_tile_range(i, bq, bk, cfg)
   dq = jnp.zeros(q.shape, jnp.float32)
@@ -269,11 +269,11 @@ def _dkv_kernel(*refs, cfg: KernelConfig):
     if cfg.has_segments:
       qseg = qseg_ref[sl, :] if cfg.tpu_layout else qseg_ref[sl][:, None]
     s = _logits(q, k, start, j * bk, qseg, kseg, masked, cfg)  # [bq, bk]
-    p = jnp.exp2(s - lse)  # P_ij, Alg. 2 line 13
-    dv = dv + _dot(p.astype(do.dtype), do, (0, 0))  # dV += Pᵀ dO, line 15
-    dp = _dot(do, v, (1, 1))  # dP = dO Vᵀ, line 16
-    ds = p * (dp - delta)  # dS = P ∘ (dP - D), line 17
-    dk = dk + _dot(ds.astype(q.dtype), q, (0, 0))  # dK += dSᵀ Q, line 19 (scale below)
+    p = jnp.exp2(s - lse)  # P_ij (Alg. 2)
+    dv = dv + _dot(p.astype(do.dtype), do, (0, 0))  # dV += Pᵀ dO
+    dp = _dot(do, v, (1, 1))  # dP = dO Vᵀ
+    ds = p * (dp - delta)  # dS = P ∘ (dP - D)
+    dk = dk + _dot(ds.astype(q.dtype), q, (0, 0))  # dK += dSᵀ Q (scale below)
     return dk, dv
 
   first, first_unmasked = q_tile_range(j, bq, bk, n_q, cfg)
