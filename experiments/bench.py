@@ -80,12 +80,27 @@ def bench_train_step(config_name: str, label: str, batch_size: int = 128) -> Non
         "fraction_of_matmul_peak": flops / t / peak if flops else None})
 
 
+# name -> a function of no arguments, or "module:function" (imported lazily) taking `emit`.
 BENCHES = {
     "matmul_peak": bench_matmul_peak,
     "mlp_train_step": functools.partial(bench_train_step, "fashion_mlp", "mlp_train_step"),
     "cnn_train_step": functools.partial(bench_train_step, "fashion_lenet", "cnn_train_step"),
     "resnet_train_step": functools.partial(bench_train_step, "fashion_resnet", "resnet_train_step"),
+    "flash_attention": "genfm.kernels.bench_flash:run",
+    "gpt_train_step": "genfm.experiments.bench_lm:gpt_train_step",
+    "gpt_decode": "genfm.experiments.bench_lm:gpt_decode",
+    "ddpm_train_step": "genfm.experiments.bench_diffusion:ddpm_train_step",
+    "diffusion_sample": "genfm.experiments.bench_diffusion:diffusion_sample",
 }
+
+
+def run_bench(name: str) -> None:
+  target = BENCHES[name]
+  if isinstance(target, str):
+    module, fn = target.split(":")
+    getattr(importlib.import_module(module), fn)(emit)
+  else:
+    target()
 
 
 def main(argv=None) -> int:
@@ -98,7 +113,7 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return 2
   for n in names:
-    BENCHES[n]()
+    run_bench(n)
   return 0
 
 

@@ -7,6 +7,8 @@ from genfm.experiments.errors import unknown_choice
 # name -> "module:Class"; modules are imported only when their task is used.
 TASKS = {
     "classify": "genfm.experiments.tasks.classify:ClassificationTask",
+    "lm": "genfm.experiments.tasks.lm:LanguageModelTask",
+    "diffusion2d": "genfm.experiments.tasks.diffusion2d:Diffusion2DTask",
 }
 
 
