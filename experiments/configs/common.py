@@ -25,6 +25,20 @@ def base_config(name: str, *, task: str, dataset: str) -> ml_collections.ConfigD
   return c
 
 
+def set_schedule(c: ml_collections.ConfigDict, steps: int, *, log: int, eval_: int,
+                 checkpoint: int) -> None:
+  """Set the run length and the log / eval / checkpoint frequencies together."""
+  c.num_train_steps, c.log_every_steps = steps, log
+  c.eval_every_steps, c.checkpoint_every_steps = eval_, checkpoint
+
+
+def digits_smoke(c: ml_collections.ConfigDict) -> None:
+  """The seconds-long `:smoke` variant of an image config: sklearn digits, 300 steps."""
+  c.dataset = "digits"
+  c.batch_size, c.learning_rate = 64, 3e-3
+  set_schedule(c, 300, log=50, eval_=300, checkpoint=300)
+
+
 def check_variant(name: str, variant: str, valid=("", "smoke")) -> None:
   if variant not in valid:
     raise ValueError(f"unknown variant {variant!r} of config {name}; valid: {list(valid)}")

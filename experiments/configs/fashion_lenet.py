@@ -7,7 +7,7 @@ Expect:   test_accuracy >= 0.90 (full run);  `:smoke` (sklearn digits, seconds) 
 
 import ml_collections
 
-from genfm.experiments.configs.common import base_config, check_variant
+from genfm.experiments.configs.common import base_config, check_variant, digits_smoke, set_schedule
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -15,14 +15,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = base_config("fashion_lenet", task="classify", dataset="fashion_mnist")
   c.model = ml_collections.ConfigDict(
       {"name": "lenet", "channels": (16, 32), "hidden": (256, 128), "dropout": 0.2})
-  c.num_train_steps = 4690                 # 10 epochs of 60k at batch 128
-  c.log_every_steps = 200
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
+  set_schedule(c, 4690, log=200, eval_=1000, checkpoint=1000)  # 10 epochs of 60k at batch 128
   if variant == "smoke":
-    c.dataset = "digits"
+    digits_smoke(c)
     c.model.channels, c.model.hidden, c.model.dropout = (8, 16), (64, 32), 0.0
-    c.batch_size, c.learning_rate = 64, 3e-3
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 300
-    c.log_every_steps = 50
   return c

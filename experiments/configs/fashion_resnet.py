@@ -7,7 +7,7 @@ Expect:   test_accuracy >= 0.93 (full run);  `:smoke` (sklearn digits, seconds) 
 
 import ml_collections
 
-from genfm.experiments.configs.common import base_config, check_variant
+from genfm.experiments.configs.common import base_config, check_variant, digits_smoke, set_schedule
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -20,15 +20,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4
   c.schedule = "warmup_cosine"
   c.warmup_steps = 200
-  c.num_train_steps = 7035                 # 15 epochs of 60k at batch 128
-  c.log_every_steps = 200
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 500
+  set_schedule(c, 7035, log=200, eval_=1000, checkpoint=500)  # 15 epochs of 60k at batch 128
   if variant == "smoke":
-    c.dataset = "digits"
+    digits_smoke(c)
     c.model.widths, c.model.blocks_per_stage = (16, 32), 1
     c.augment.crop_pad, c.augment.flip = 0, False        # 8×8 digits: no room to crop
-    c.batch_size, c.learning_rate, c.warmup_steps = 64, 3e-3, 20
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 300
-    c.log_every_steps = 50
+    c.warmup_steps = 20
   return c
