@@ -47,8 +47,7 @@ CASES = [
     (1, 80, 112, 4, 1, 64, True, False, False),
     (2, 100, 100, 4, 2, 64, True, True, False),
     (1, 72, 72, 2, 1, 128, False, True, True),
-    (1, 100, 100, 4, 2, 64, True, False, True),
-]
+]  # backend="tpu" itself (128-row tiles) runs in the TPU interpreter test at the end.
 
 
 @pytest.mark.parametrize("b,t,s,n,k,h,causal,segments,tpu_layout", CASES)
@@ -85,17 +84,17 @@ def test_segment_ids_equal_jax_nn_with_block_diagonal_mask():
   np.testing.assert_allclose(ours, jaxs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("h", [64, 128])
-def test_bf16_within_2e2_and_at_most_twice_xla_error(h):
-  q, k, v, do = _qkv(1, 96, 96, 4, 2, h, dtype=jnp.bfloat16, seed=3)
-  f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-  ref_out, ref_grads = _value_and_grads(lambda *a: ar.mha_reference(*a, is_causal=True), *f32,
-                                        do)
-  pallas = functools.partial(fa.flash_attention, is_causal=True, block_sizes=SMALL)
-  xla = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation="xla")
+@pytest.mark.parametrize("h,k,causal", [(64, 1, False), (128, 2, True)])  # MQA / GQA
+def test_bf16_within_2e2_and_at_most_twice_xla_error(h, k, causal):
+  q, k_, v, do = _qkv(1, 96, 96, 4, k, h, dtype=jnp.bfloat16, seed=3)
+  f32 = [x.astype(jnp.float32) for x in (q, k_, v)]
+  ref_out, ref_grads = _value_and_grads(functools.partial(ar.mha_reference, is_causal=causal),
+                                        *f32, do)
+  pallas = functools.partial(fa.flash_attention, is_causal=causal, block_sizes=SMALL)
+  xla = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="xla")
   errs = {}
   for name, fn in (("pallas", pallas), ("xla", xla)):
-    out, grads = _value_and_grads(fn, q, k, v, do)
+    out, grads = _value_and_grads(fn, q, k_, v, do)
     assert out.dtype == jnp.bfloat16
     errs[name] = [float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref_out)))] + [
         float(jnp.max(jnp.abs(g.astype(jnp.float32) - rg)) / jnp.max(jnp.abs(rg)))
