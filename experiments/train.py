@@ -231,6 +231,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = train_step(state, batch)
       step += 1
       pending.append(metrics)
+      if len(pending) >= 2:
+        # Keep at most one step in flight: async dispatch would otherwise let the host run
+        # hundreds of steps ahead, and a SIGTERM would wait for all of them.
+        pending[-2]["loss"].block_until_ready()
       last = step == total
       if step % config.log_every_steps == 0 or last or stop.signum:
         flush(step)
