@@ -44,6 +44,7 @@ class DeepNet(nnx.Module):
     return h_BD
 
 
+@nnx.jit
 def layer_grad_norms(model: DeepNet, x_BD: jax.Array, y_BD: jax.Array) -> jax.Array:
   """‖∂loss/∂W_l‖_F for l = 1..L, loss = ½ mean_b ‖net(x_b) − y_b‖²: [L]."""
 

@@ -25,17 +25,18 @@ _LIBRARY = {
 @pytest.mark.parametrize("name", sorted(act.ELEMENTWISE))
 def test_value_matches_jax_nn(name):
   phi, _ = act.get_activation(name)
-  np.testing.assert_allclose(phi(_X), _LIBRARY[name](_X), rtol=1e-6, atol=1e-6)
+  ours, lib = jax.jit(lambda x: (phi(x), _LIBRARY[name](x)))(_X)
+  np.testing.assert_allclose(ours, lib, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(act.ELEMENTWISE))
 def test_hand_derivative_matches_jax_grad(name):
   phi, dphi = act.get_activation(name)
-  auto = jax.vmap(jax.grad(phi))(_X)
-  np.testing.assert_allclose(dphi(_X), auto, rtol=1e-5, atol=1e-6)
+  hand, auto, lib = jax.jit(lambda x: (dphi(x), jax.vmap(jax.grad(phi))(x),
+                                       jax.vmap(jax.grad(_LIBRARY[name]))(x)))(_X)
+  np.testing.assert_allclose(hand, auto, rtol=1e-5, atol=1e-6)
   # Also against the library function, so a wrong φ with a consistent φ' cannot pass.
-  lib = jax.vmap(jax.grad(_LIBRARY[name]))(_X)
-  np.testing.assert_allclose(dphi(_X), lib, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(hand, lib, rtol=1e-5, atol=1e-6)
 
 
 def test_known_values():
@@ -59,7 +60,7 @@ def test_softmax_jacobian_matches_jax_jacobian(use_jit):
   jac_fn = jax.jit(act.softmax_jacobian) if use_jit else act.softmax_jacobian
   ours = jac_fn(x_C)
   chex.assert_shape(ours, (7, 7))
-  np.testing.assert_allclose(ours, jax.jacobian(act.softmax)(x_C), atol=1e-6)
+  np.testing.assert_allclose(ours, jax.jit(jax.jacobian(act.softmax))(x_C), atol=1e-6)
   np.testing.assert_allclose(act.softmax(x_C), jax.nn.softmax(x_C), atol=1e-7)
   # Rows of J sum to zero: softmax is invariant to adding a constant to every logit.
   np.testing.assert_allclose(ours.sum(axis=1), 0.0, atol=1e-6)
@@ -69,8 +70,9 @@ def test_softmax_vjp_matches_jax_vjp():
   k1, k2 = jax.random.split(jax.random.key(1))
   x_BC = jax.random.normal(k1, (4, 5)) * 2.0
   g_BC = jax.random.normal(k2, (4, 5))
-  _, vjp = jax.vjp(jax.nn.softmax, x_BC)
-  np.testing.assert_allclose(act.softmax_vjp(x_BC, g_BC), vjp(g_BC)[0], atol=1e-6)
+  ours, ref = jax.jit(lambda x, g: (act.softmax_vjp(x, g), jax.vjp(jax.nn.softmax, x)[1](g)[0]))(
+      x_BC, g_BC)
+  np.testing.assert_allclose(ours, ref, atol=1e-6)
 
 
 def test_softmax_large_logits_stay_finite():

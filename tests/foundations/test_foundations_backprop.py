@@ -31,8 +31,8 @@ def test_numpy_backprop_matches_jax_grad(x64, sizes, activation):
   params, x_BD, y_BC = _problem(sizes)
   loss, grads = bp.numpy_loss_and_grads(params, x_BD, y_BC, activation)
   jparams = jax.tree.map(jnp.asarray, params)
-  auto_loss, auto = jax.value_and_grad(bp.jax_loss)(jparams, jnp.asarray(x_BD),
-                                                    jnp.asarray(y_BC), activation)
+  auto_loss, auto = jax.jit(jax.value_and_grad(bp.jax_loss), static_argnums=3)(
+      jparams, jnp.asarray(x_BD), jnp.asarray(y_BC), activation)
   assert auto[0][0].dtype == jnp.float64
   np.testing.assert_allclose(loss, auto_loss, rtol=1e-10)
   assert len(grads) == len(sizes) - 1
@@ -62,7 +62,8 @@ def test_vjp_backprop_matches_jax_grad():
   jparams = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
   x, y = jnp.asarray(x_BD, jnp.float32), jnp.asarray(y_BC, jnp.float32)
   loss, grads = jax.jit(bp.vjp_loss_and_grads, static_argnums=3)(jparams, x, y, "tanh")
-  auto_loss, auto = jax.value_and_grad(bp.jax_loss)(jparams, x, y, "tanh")
+  auto_loss, auto = jax.jit(jax.value_and_grad(bp.jax_loss), static_argnums=3)(jparams, x, y,
+                                                                               "tanh")
   np.testing.assert_allclose(loss, auto_loss, rtol=1e-6)
   chex.assert_trees_all_close(grads, auto, rtol=1e-5, atol=1e-7)
 

@@ -19,12 +19,14 @@ _CASES = [  # (stride, padding, dilation)
 
 @pytest.mark.parametrize("stride, padding, dilation", _CASES)
 def test_conv_matches_lax(stride, padding, dilation):
-  ours = conv.conv2d(_X, _W, stride, padding, dilation)
   pads = padding if isinstance(padding, str) else (
       [(padding, padding)] * 2 if isinstance(padding, int) else padding)
-  ref = jax.lax.conv_general_dilated(
-      _X, _W, window_strides=conv._pairs(stride, "s"), padding=pads,
-      rhs_dilation=conv._pairs(dilation, "d"), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours, ref = jax.jit(lambda x, w: (  # one compile per case instead of many eager ops
+      conv.conv2d(x, w, stride, padding, dilation),
+      jax.lax.conv_general_dilated(
+          x, w, window_strides=conv._pairs(stride, "s"), padding=pads,
+          rhs_dilation=conv._pairs(dilation, "d"), dimension_numbers=("NHWC", "HWIO", "NHWC"))))(
+              _X, _W)
   assert ours.shape == ref.shape
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
@@ -45,8 +47,9 @@ def test_output_size_formula(size, kernel, stride, padding, dilation, expected):
 def test_conv_is_linear_and_translation_equivariant():
   w = _W[:, :, :, :1]
   # Shifting the input by one pixel shifts a stride-1 VALID output by one pixel.
-  shifted = conv.conv2d(jnp.roll(_X, 1, axis=2), w)[:, :, 1:]
-  np.testing.assert_allclose(shifted, conv.conv2d(_X, w)[:, :, :-1], atol=1e-5)
+  shifted, plain = jax.jit(lambda x: (conv.conv2d(jnp.roll(x, 1, axis=2), w)[:, :, 1:],
+                                      conv.conv2d(x, w)[:, :, :-1]))(_X)
+  np.testing.assert_allclose(shifted, plain, atol=1e-5)
 
 
 @pytest.mark.parametrize("window, stride, padding", [
@@ -56,10 +59,12 @@ def test_pooling_matches_nnx(window, stride, padding):
   w = conv._pairs(window, "w")
   s = w if stride is None else conv._pairs(stride, "s")  # ours: stride defaults to the window
   #                                                        (PyTorch); flax's None means 1
-  np.testing.assert_allclose(conv.max_pool2d(_X, window, stride, padding),
-                             nnx.max_pool(_X, w, s, padding), atol=1e-6)
-  np.testing.assert_allclose(conv.avg_pool2d(_X, window, stride, padding),
-                             nnx.avg_pool(_X, w, s, padding), atol=1e-6)
+  outs = jax.jit(lambda x: (conv.max_pool2d(x, window, stride, padding),
+                            nnx.max_pool(x, w, s, padding),
+                            conv.avg_pool2d(x, window, stride, padding),
+                            nnx.avg_pool(x, w, s, padding)))(_X)
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+  np.testing.assert_allclose(outs[2], outs[3], atol=1e-6)
 
 
 def test_bad_input():

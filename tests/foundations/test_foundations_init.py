@@ -15,23 +15,25 @@ _LIBRARY = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(init.INITIALIZERS))
-def test_variance_matches_formula_and_library(name):
+def test_variance_matches_formula_and_library():
   shape = (3, 3, 32, 64)  # conv kernel: fan_in = 288, fan_out = 576
   fan_in, fan_out = init.fans(shape)
   assert (fan_in, fan_out) == (288, 576)
-  expected = 2.0 / (fan_in + fan_out) if name.startswith("xavier") else 2.0 / fan_in
-  ours = init.get_initializer(name)(jax.random.key(0), shape)
-  lib = _LIBRARY[name](jax.random.key(1), shape)
-  assert ours.shape == shape and ours.dtype == jnp.float32
-  # 18k samples: the variance estimate has relative std ≈ √(2/N) ≈ 1%; allow 5%.
-  np.testing.assert_allclose(jnp.var(ours), expected, rtol=0.05)
-  np.testing.assert_allclose(jnp.var(lib), expected, rtol=0.05)
-  np.testing.assert_allclose(jnp.mean(ours), 0.0, atol=3e-3)
-  if name.endswith("uniform"):
-    limit = np.sqrt(3 * expected)
-    assert float(jnp.max(jnp.abs(ours))) <= limit
-    assert float(jnp.max(jnp.abs(ours))) > 0.99 * limit
+  names = sorted(init.INITIALIZERS)
+  samples = jax.jit(lambda: {n: (init.get_initializer(n)(jax.random.key(0), shape),
+                                 _LIBRARY[n](jax.random.key(1), shape)) for n in names})()
+  for name in names:
+    ours, lib = samples[name]
+    expected = 2.0 / (fan_in + fan_out) if name.startswith("xavier") else 2.0 / fan_in
+    assert ours.shape == shape and ours.dtype == jnp.float32
+    # 18k samples: the variance estimate has relative std ≈ √(2/N) ≈ 1%; allow 5%.
+    np.testing.assert_allclose(jnp.var(ours), expected, rtol=0.05, err_msg=name)
+    np.testing.assert_allclose(jnp.var(lib), expected, rtol=0.05, err_msg=name)
+    np.testing.assert_allclose(jnp.mean(ours), 0.0, atol=3e-3, err_msg=name)
+    if name.endswith("uniform"):
+      limit = np.sqrt(3 * expected)
+      assert float(jnp.max(jnp.abs(ours))) <= limit
+      assert float(jnp.max(jnp.abs(ours))) > 0.99 * limit
 
 
 @pytest.mark.parametrize("init_name, activation, regime", [
@@ -43,8 +45,8 @@ def test_variance_matches_formula_and_library(name):
 def test_twenty_layer_activation_variance(init_name, activation, regime):
   # Width 1024: at finite width log Var[z_l] random-walks with per-layer variance ≈ 5/width
   # (ReLU), so width 256 can drift past a factor 2 by layer 20 even with the right init.
-  var_L = init.activation_variances(jax.random.key(0), init_name, activation, depth=20,
-                                    width=1024, batch=128)
+  var_L = jax.jit(init.activation_variances, static_argnums=(1, 2, 3, 4, 5))(
+      jax.random.key(0), init_name, activation, 20, 1024, 64)
   ratio = np.asarray(var_L / var_L[0])
   if regime == "stable":
     assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio

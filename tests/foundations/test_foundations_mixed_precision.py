@@ -61,9 +61,10 @@ def test_non_finite_step_is_skipped():
 
 @pytest.mark.slow
 def test_bf16_reaches_fp32_accuracy_on_digits():
-  # Measured (seed 0, 200 steps of Adam 3e-3, batch 128): fp32 and bf16 both ≈ 0.98 test acc.
-  fp32 = mp.train_digits(jnp.float32, num_steps=200)
-  bf16 = mp.train_digits(jnp.bfloat16, num_steps=200)
+  # Measured (seed 0, Adam 3e-3, batch 128, 450 held-out digits): 150 steps → fp32 0.956,
+  # bf16 0.956; 300 steps → 0.980 both. Tolerance: 2 points (9 of 450 test images).
+  fp32 = mp.train_digits(jnp.float32, num_steps=150)
+  bf16 = mp.train_digits(jnp.bfloat16, num_steps=150)
   assert bf16["param_dtype"] == "float32"  # master weights stay fp32
-  assert fp32["test_accuracy"] >= 0.95
+  assert fp32["test_accuracy"] >= 0.93
   assert abs(bf16["test_accuracy"] - fp32["test_accuracy"]) <= 0.02, (fp32, bf16)

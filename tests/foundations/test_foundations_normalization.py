@@ -18,24 +18,36 @@ def _set_affine(ours, theirs, key):
     m.bias[...] = bias
 
 
+@nnx.jit
+def _bn_train_both(ours, theirs, x):
+  return ours(x), theirs(x, use_running_average=False)
+
+
+@nnx.jit
+def _bn_eval_and_grads_both(ours, theirs, x):
+  def grads(m):  # nnx.grad: the BatchStat update inside the traced call is allowed
+    return nnx.grad(lambda m, x: jnp.sum(jnp.sin(m(x, use_running_average=False))),
+                    argnums=1)(m, x)
+
+  return (ours(x, use_running_average=True), theirs(x, use_running_average=True),
+          grads(ours), grads(theirs))
+
+
 def test_batchnorm_matches_nnx():
   ours = norm.BatchNorm(6, momentum=0.9, rngs=nnx.Rngs(0))
   theirs = nnx.BatchNorm(6, momentum=0.9, rngs=nnx.Rngs(0))
   _set_affine(ours, theirs, jax.random.key(1))
-  for step in range(5):  # train mode: batch statistics; running averages updated each call
+  for step in range(3):  # train mode: batch statistics; running averages updated each call
     x_BHWC = 3.0 + 2.0 * jax.random.normal(jax.random.key(10 + step), (4, 5, 5, 6))
-    np.testing.assert_allclose(ours(x_BHWC), theirs(x_BHWC, use_running_average=False),
-                               atol=1e-5)
+    y_ours, y_theirs = _bn_train_both(ours, theirs, x_BHWC)
+    np.testing.assert_allclose(y_ours, y_theirs, atol=1e-5)
     np.testing.assert_allclose(ours.mean[...], theirs.mean[...], atol=1e-6)
     np.testing.assert_allclose(ours.var[...], theirs.var[...], atol=1e-5)
   x_eval = jax.random.normal(jax.random.key(99), (3, 5, 5, 6))
-  np.testing.assert_allclose(ours(x_eval, use_running_average=True),
-                             theirs(x_eval, use_running_average=True), atol=1e-5)
+  eval_ours, eval_theirs, g_ours, g_theirs = _bn_eval_and_grads_both(ours, theirs, x_eval)
+  np.testing.assert_allclose(eval_ours, eval_theirs, atol=1e-5)
   # Gradients agree too (train mode, through the batch statistics).
-  def grads(m):  # nnx.grad: the BatchStat update inside the traced call is allowed
-    f = lambda m, x: jnp.sum(jnp.sin(m(x, use_running_average=False)))
-    return nnx.grad(f, argnums=1)(m, x_eval)
-  np.testing.assert_allclose(grads(ours), grads(theirs), atol=1e-5)
+  np.testing.assert_allclose(g_ours, g_theirs, atol=1e-5)
 
 
 def test_batchnorm_properties():
@@ -60,11 +72,17 @@ def test_layernorm_matches_nnx_and_is_per_example():
   ours, theirs = norm.LayerNorm(6, rngs=nnx.Rngs(0)), nnx.LayerNorm(6, rngs=nnx.Rngs(0))
   _set_affine(ours, theirs, jax.random.key(2))
   x_BTD = 5.0 + 3.0 * jax.random.normal(jax.random.key(3), (2, 7, 6))
-  np.testing.assert_allclose(ours(x_BTD), theirs(x_BTD), atol=1e-5)
+
+  @nnx.jit
+  def run(ours, theirs):
+    grad = lambda m: nnx.grad(lambda m, x: jnp.sum(jnp.cos(m(x))), argnums=1)(m, x_BTD)
+    return ours(x_BTD), theirs(x_BTD), ours(x_BTD[:1, :1]), grad(ours), grad(theirs)
+
+  y_ours, y_theirs, y_one, g_ours, g_theirs = run(ours, theirs)
+  np.testing.assert_allclose(y_ours, y_theirs, atol=1e-5)
   # Per example: the output for one row does not depend on the rest of the batch.
-  np.testing.assert_allclose(ours(x_BTD[:1, :1]), ours(x_BTD)[:1, :1], atol=1e-6)
-  grad = lambda m: jax.grad(lambda x: jnp.sum(jnp.cos(m(x))))(x_BTD)
-  np.testing.assert_allclose(grad(ours), grad(theirs), atol=1e-5)
+  np.testing.assert_allclose(y_one, y_ours[:1, :1], atol=1e-6)
+  np.testing.assert_allclose(g_ours, g_theirs, atol=1e-5)
 
 
 def test_bf16_inputs_keep_dtype():

@@ -40,22 +40,25 @@ def _init_params():
           "w2": jax.random.normal(k2, (5,))}
 
 
-def _trajectory(tx, num_steps=100):
-  """Params after each step, stacked: {name: [num_steps, ...]}. One jitted step called in a
-  Python loop: compiling a small step costs less CPU than compiling a 100-step scan."""
+def _trajectories(tx_a, tx_b, num_steps=100):
+  """Params after each step of two optimizers from the same start, stacked [num_steps, ...].
+  One jitted step advances both (one compile per pair) and is called in a Python loop:
+  compiling a small step costs less CPU than compiling a 100-step scan."""
 
-  @jax.jit
-  def step(params, state):
+  def one(tx, params, state):
     updates, state = tx.update(jax.grad(_loss)(params), state, params)
     return optax.apply_updates(params, updates), state
 
-  params = _init_params()
-  state = tx.init(params)
-  traj = []
+  step = jax.jit(lambda pa, sa, pb, sb: (*one(tx_a, pa, sa), *one(tx_b, pb, sb)))
+  pa = pb = _init_params()
+  sa, sb = tx_a.init(pa), tx_b.init(pb)
+  traj_a, traj_b = [], []
   for _ in range(num_steps):
-    params, state = step(params, state)
-    traj.append(params)
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *traj)
+    pa, sa, pb, sb = step(pa, sa, pb, sb)
+    traj_a.append(pa)
+    traj_b.append(pb)
+  stack = lambda traj: jax.tree.map(lambda *xs: jnp.stack(xs), *traj)
+  return stack(traj_a), stack(traj_b)
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def test_matches_optax_step_for_step(x64, name):
   # (RMSprop uses lr 3e-3: at 1e-2 it reaches its ±η·√(1/(1−ρ)) oscillation around the minimum,
   # where the dynamics are chaotic and even fp64 trajectories separate by step 60.)
   ours, ref = _PAIRS[name]
-  traj, ref_traj = _trajectory(ours), _trajectory(ref)
+  traj, ref_traj = _trajectories(ours, ref)
   assert traj["w1"].dtype == jnp.float64
   chex.assert_shape(traj["w1"], (100, 3, 5))
   chex.assert_trees_all_close(traj, ref_traj, atol=1e-6, rtol=1e-6)
@@ -83,11 +86,11 @@ def test_matches_optax_step_for_step(x64, name):
   assert _loss(final) < 0.9 * _loss(_init_params())
 
 
-@pytest.mark.parametrize("name", sorted(_PAIRS))
+@pytest.mark.parametrize("name", ["rmsprop", "adamw"])  # the two most rounding-sensitive
 def test_matches_optax_in_float32(name):
   # fp32, the dtype training uses: 1e-6 for 50 steps, then the rounding drift described above.
   ours, ref = _PAIRS[name]
-  traj, ref_traj = _trajectory(ours), _trajectory(ref)
+  traj, ref_traj = _trajectories(ours, ref)
   assert traj["w1"].dtype == jnp.float32
   first = jax.tree.map(lambda t: t[:50], (traj, ref_traj))
   chex.assert_trees_all_close(*first, atol=1e-6, rtol=1e-6)
@@ -96,8 +99,7 @@ def test_matches_optax_in_float32(name):
 
 def test_schedule_learning_rate_matches_optax():
   schedule = optax.cosine_decay_schedule(0.05, 50)
-  traj = _trajectory(opt.adam(schedule), 60)
-  ref = _trajectory(optax.adam(schedule), 60)
+  traj, ref = _trajectories(opt.adam(schedule), optax.adam(schedule), 60)
   chex.assert_trees_all_close(traj, ref, atol=1e-6, rtol=1e-6)
 
 

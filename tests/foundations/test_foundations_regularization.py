@@ -43,8 +43,9 @@ def test_l1_proximal_gradient_gives_soft_thresholded_least_squares():
 def test_dropout_matches_nnx_and_preserves_expectation():
   x_BD = jax.random.normal(jax.random.key(0), (64, 128)) + 2.0
   key = jax.random.key(7)
-  ours = reg.dropout(key, x_BD, rate=0.3)
-  theirs = nnx.Dropout(0.3)(x_BD, rngs=key)
+  ours, theirs, many = jax.jit(lambda key: (
+      reg.dropout(key, x_BD, rate=0.3), nnx.Dropout(0.3)(x_BD, rngs=key),
+      jax.vmap(lambda k: reg.dropout(k, x_BD[:4], 0.3))(jax.random.split(key, 4000))))(key)
   np.testing.assert_array_equal(ours, theirs)
   # Statistical test: fraction dropped ≈ p; E[y] = x. 8192 entries: std of the dropped
   # fraction is √(p(1−p)/N) ≈ 0.005; allow 4σ.
@@ -52,7 +53,6 @@ def test_dropout_matches_nnx_and_preserves_expectation():
   assert abs(dropped - 0.3) < 0.02, dropped
   kept = ours != 0
   np.testing.assert_allclose(ours[kept], x_BD[kept] / 0.7, rtol=1e-6)
-  many = jax.vmap(lambda k: reg.dropout(k, x_BD[:4], 0.3))(jax.random.split(key, 4000))
   # Mean over 4000 masks: std of the mean = |x|·√(p/(1−p))/√4000 ≈ 0.01·|x|; allow 5σ.
   np.testing.assert_allclose(many.mean(axis=0), x_BD[:4], atol=0.05 * float(jnp.abs(x_BD).max()))
   chex.assert_trees_all_equal(reg.dropout(key, x_BD, 0.3, deterministic=True), x_BD)
