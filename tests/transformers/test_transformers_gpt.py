@@ -1,6 +1,7 @@
 """Tests for genfm.transformers.gpt: parameter counts, FLOPs, causality, initial loss."""
 
 import dataclasses
+import functools
 import math
 
 import chex
@@ -12,6 +13,11 @@ import optax
 import pytest
 
 from genfm.transformers import gpt
+
+# Keys use the "rbg" generator: compiling threefry on CPU (seconds for every new shape) was most
+# of this file's run time; the tests need fixed seeds, not a particular generator.
+KEY = functools.partial(jax.random.key, impl="rbg")
+
 
 TINY = gpt.GPTConfig(vocab_size=11, context_len=8, num_layers=2, d_model=16, num_heads=4)
 VARIANTS = {
@@ -26,7 +32,7 @@ VARIANTS = {
 
 
 def _n_params(cfg):
-  params = jax.eval_shape(lambda: nnx.state(gpt.GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  params = jax.eval_shape(lambda: nnx.state(gpt.GPT(cfg, rngs=nnx.Rngs(KEY(0))), nnx.Param))
   return sum(p.size for p in jax.tree.leaves(params))
 
 
@@ -69,8 +75,8 @@ def test_flops_per_token_gpt2_small():
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_forward_shapes_and_causality(name):
   cfg = dataclasses.replace(TINY, **VARIANTS[name])
-  model = gpt.GPT(cfg, rngs=nnx.Rngs(0))
-  tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, cfg.vocab_size)
+  model = gpt.GPT(cfg, rngs=nnx.Rngs(KEY(0)))
+  tokens = jax.random.randint(KEY(1), (2, 8), 0, cfg.vocab_size)
   fwd = nnx.jit(lambda m, t: m(t, return_aux=True))
   logits, aux = fwd(model, tokens)
   chex.assert_shape(logits, (2, 8, cfg.vocab_size))
@@ -87,17 +93,17 @@ def test_forward_shapes_and_causality(name):
 
 def test_initial_loss_is_ln_vocab():
   cfg = gpt.GPTConfig(vocab_size=84, context_len=16, num_layers=2, d_model=32, num_heads=4)
-  model = gpt.GPT(cfg, rngs=nnx.Rngs(0))
-  tokens = jax.random.randint(jax.random.key(2), (4, 17), 0, 84)
+  model = gpt.GPT(cfg, rngs=nnx.Rngs(KEY(0)))
+  tokens = jax.random.randint(KEY(2), (4, 17), 0, 84)
   loss = nnx.jit(lambda m, t: gpt.lm_loss(m(t[:, :-1]), t[:, 1:]))(model, tokens)
   assert abs(float(loss) - math.log(84)) < 0.02, (float(loss), math.log(84))  # ln 84 = 4.431
 
 
 def test_a_few_adamw_steps_overfit_one_batch():
   cfg = dataclasses.replace(TINY, **VARIANTS["modern"])
-  model = gpt.GPT(cfg, rngs=nnx.Rngs(0))
+  model = gpt.GPT(cfg, rngs=nnx.Rngs(KEY(0)))
   opt = nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
-  tokens = jax.random.randint(jax.random.key(3), (2, 9), 0, cfg.vocab_size)
+  tokens = jax.random.randint(KEY(3), (2, 9), 0, cfg.vocab_size)
 
   @nnx.jit
   def step(model, opt, tokens):
@@ -111,7 +117,7 @@ def test_a_few_adamw_steps_overfit_one_batch():
 
 
 def test_lm_loss_mask_and_formula():
-  logits = jax.random.normal(jax.random.key(4), (2, 3, 5))
+  logits = jax.random.normal(KEY(4), (2, 3, 5))
   targets = jnp.array([[0, 1, 2], [3, 4, 0]])
   mask = jnp.array([[1, 1, 0], [1, 0, 0]])
   lp = np.asarray(jax.nn.log_softmax(logits))
@@ -128,7 +134,7 @@ def test_config_and_input_errors():
     gpt.GPTConfig(num_heads=4, d_model=16, num_kv_heads=3)
   with pytest.raises(ValueError, match="top_k"):
     gpt.GPTConfig(num_experts=2, top_k=3)
-  model = gpt.GPT(TINY, rngs=nnx.Rngs(0))
+  model = gpt.GPT(TINY, rngs=nnx.Rngs(KEY(0)))
   with pytest.raises(ValueError, match="exceeds context_len=8"):
     model(jnp.zeros((1, 9), jnp.int32))
   with pytest.raises(ValueError, match=r"integer array \[B, T\]"):

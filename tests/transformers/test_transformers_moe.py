@@ -1,5 +1,6 @@
 """Tests for genfm.transformers.moe against a per-token loop, closed-form losses, 4 CPU devices."""
 
+import functools
 import math
 import os
 import subprocess
@@ -13,6 +14,11 @@ import numpy as np
 import pytest
 
 from genfm.transformers import ffn, moe
+
+# Keys use the "rbg" generator: compiling threefry on CPU (seconds for every new shape) was most
+# of this file's run time; the tests need fixed seeds, not a particular generator.
+KEY = functools.partial(jax.random.key, impl="rbg")
+
 
 B, T, D, F = 2, 6, 8, 12
 
@@ -55,10 +61,10 @@ def _loop_reference(layer, x_BTD):
 
 @pytest.mark.parametrize("kind,k,cf", [("gelu", 1, 0.5), ("swiglu", 2, 0.75), ("gelu", 2, 4.0)])
 def test_moe_equals_per_token_loop(kind, k, cf):
-  layer = moe.MoE(D, F, 4, top_k=k, capacity_factor=cf, ffn=kind, rngs=nnx.Rngs(0))
+  layer = moe.MoE(D, F, 4, top_k=k, capacity_factor=cf, ffn=kind, rngs=nnx.Rngs(KEY(0)))
   # A larger router so that the routing is uneven and some experts overflow.
   layer.router.kernel[...] = 3.0 * layer.router.kernel[...]
-  x = jax.random.normal(jax.random.key(1), (B, T, D))
+  x = jax.random.normal(KEY(1), (B, T, D))
   y, aux = layer(x)
   want, dropped = _loop_reference(layer, x)
   np.testing.assert_allclose(y, want, atol=1e-5)
@@ -70,12 +76,12 @@ def test_moe_equals_per_token_loop(kind, k, cf):
 
 
 def test_single_expert_equals_dense_ffn():
-  layer = moe.MoE(D, F, 1, top_k=1, capacity_factor=1.0, ffn="swiglu", rngs=nnx.Rngs(0))
-  dense = ffn.SwiGLU(D, F, rngs=nnx.Rngs(1))
+  layer = moe.MoE(D, F, 1, top_k=1, capacity_factor=1.0, ffn="swiglu", rngs=nnx.Rngs(KEY(0)))
+  dense = ffn.SwiGLU(D, F, rngs=nnx.Rngs(KEY(1)))
   dense.gate.kernel[...] = layer.w_gate[...][0]
   dense.up.kernel[...] = layer.w_up[...][0]
   dense.down.kernel[...] = layer.w_down[...][0]
-  x = jax.random.normal(jax.random.key(2), (B, T, D))
+  x = jax.random.normal(KEY(2), (B, T, D))
   np.testing.assert_allclose(layer(x)[0], dense(x), atol=1e-5)
 
 
@@ -95,7 +101,7 @@ def test_load_balancing_loss_convention():
 
 
 def test_router_z_loss_formula():
-  logits = jax.random.normal(jax.random.key(3), (10, 4)) * 3
+  logits = jax.random.normal(KEY(3), (10, 4)) * 3
   lg = np.asarray(logits, np.float64)
   want = np.mean(np.log(np.exp(lg).sum(-1)) ** 2)
   np.testing.assert_allclose(moe.router_z_loss(logits), want, rtol=1e-5)
@@ -104,27 +110,29 @@ def test_router_z_loss_formula():
 
 def test_shapes_param_count_and_errors():
   E = 4
-  params = jax.eval_shape(lambda: nnx.state(moe.MoE(D, F, E, ffn="swiglu", rngs=nnx.Rngs(0)), nnx.Param))
+  params = jax.eval_shape(lambda: nnx.state(moe.MoE(D, F, E, ffn="swiglu", rngs=nnx.Rngs(KEY(0))), nnx.Param))
   assert sum(p.size for p in jax.tree.leaves(params)) == D * E + E * 3 * D * F
-  out, aux = jax.eval_shape(lambda x: moe.MoE(D, F, E, rngs=nnx.Rngs(0))(x),
+  out, aux = jax.eval_shape(lambda x: moe.MoE(D, F, E, rngs=nnx.Rngs(KEY(0)))(x),
                             jax.ShapeDtypeStruct((B, T, D), jnp.float32))
   assert out.shape == (B, T, D) and aux["load_balance"].shape == ()
   assert moe.capacity(12, 4, 2, 1.25) == 8
   with pytest.raises(ValueError, match="top_k must be in 1..4"):
-    moe.MoE(D, F, 4, top_k=5, rngs=nnx.Rngs(0))
+    moe.MoE(D, F, 4, top_k=5, rngs=nnx.Rngs(KEY(0)))
   with pytest.raises(ValueError, match="capacity_factor must be > 0"):
-    moe.MoE(D, F, 4, capacity_factor=0.0, rngs=nnx.Rngs(0))
+    moe.MoE(D, F, 4, capacity_factor=0.0, rngs=nnx.Rngs(KEY(0)))
   with pytest.raises(ValueError, match="valid choices"):
-    moe.MoE(D, F, 4, ffn="relu", rngs=nnx.Rngs(0))
+    moe.MoE(D, F, 4, ffn="relu", rngs=nnx.Rngs(KEY(0)))
 
 
 _SHARDED = textwrap.dedent("""
+    import functools
     import jax, numpy as np
     from flax import nnx
     from genfm.transformers import moe
+    KEY = functools.partial(jax.random.key, impl="rbg")
     assert jax.device_count() == 4, jax.devices()
-    layer = moe.MoE(8, 12, 4, top_k=2, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), (2, 6, 8))
+    layer = moe.MoE(8, 12, 4, top_k=2, rngs=nnx.Rngs(KEY(0)))
+    x = jax.random.normal(KEY(1), (2, 6, 8))
     want = layer(x)[0]
     mesh = jax.make_mesh((4,), ("expert",))
     moe.shard_experts(layer, mesh)

@@ -1,5 +1,7 @@
 """Tests for genfm.transformers.positions: sinusoidal, learned, RoPE, ALiBi."""
 
+import functools
+
 import chex
 from flax import nnx
 import jax
@@ -8,6 +10,11 @@ import numpy as np
 import pytest
 
 from genfm.transformers import positions
+
+# Keys use the "rbg" generator: compiling threefry on CPU (seconds for every new shape) was most
+# of this file's run time; the tests need fixed seeds, not a particular generator.
+KEY = functools.partial(jax.random.key, impl="rbg")
+
 
 
 def test_sinusoidal_matches_paper_formula_loop():
@@ -34,7 +41,7 @@ def test_sinusoidal_offset_is_a_fixed_linear_map():
 
 
 def test_learned_positions_is_a_table_lookup():
-  lp = positions.LearnedPositions(10, 4, rngs=nnx.Rngs(0))
+  lp = positions.LearnedPositions(10, 4, rngs=nnx.Rngs(KEY(0)))
   pos = jnp.array([[0, 3, 9]])
   np.testing.assert_array_equal(lp(pos)[0], lp.embed.embedding[...][jnp.array([0, 3, 9])])
 
@@ -51,7 +58,7 @@ def _rotation_matrix(m, H, base=10_000.0):
 
 def test_rope_equals_explicit_rotation_matrix():
   H = 8
-  x = jax.random.normal(jax.random.key(0), (1, 4, 2, H))
+  x = jax.random.normal(KEY(0), (1, 4, 2, H))
   pos = jnp.array([[0, 1, 7, 300]])
   got = np.asarray(positions.apply_rope(x, pos))
   for t, m in enumerate([0, 1, 7, 300]):
@@ -60,16 +67,16 @@ def test_rope_equals_explicit_rotation_matrix():
 
 
 def test_rope_preserves_norm():
-  x = jax.random.normal(jax.random.key(1), (2, 5, 3, 16))
-  pos = jax.random.randint(jax.random.key(2), (2, 5), 0, 4096)
+  x = jax.random.normal(KEY(1), (2, 5, 3, 16))
+  pos = jax.random.randint(KEY(2), (2, 5), 0, 4096)
   np.testing.assert_allclose(jnp.linalg.norm(positions.apply_rope(x, pos), axis=-1),
                              jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
 def test_rope_inner_product_depends_only_on_offset():
   H = 16
-  q = jax.random.normal(jax.random.key(3), (1, 1, 1, H))
-  k = jax.random.normal(jax.random.key(4), (1, 1, 1, H))
+  q = jax.random.normal(KEY(3), (1, 1, 1, H))
+  k = jax.random.normal(KEY(4), (1, 1, 1, H))
 
   def score(m, n):
     rq = positions.apply_rope(q, jnp.array([[m]]))
