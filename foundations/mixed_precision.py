@@ -80,7 +80,8 @@ def softmax_cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Arra
 
 def make_train_step(model: nnx.Module, tx: optax.GradientTransformation, compute_dtype,
                     growth_interval: int = 2000):
-  """Returns (jitted step, initial carry) for a classifier `model(x [B, ...]) -> logits [B, C]`.
+  """Returns (jitted step, initial carry, jitted predict) for a classifier
+  `model(x [B, ...]) -> logits [B, C]`; `predict(params, x)` gives class ids [B].
 
   carry = (master params fp32, optimizer state, LossScaleState); a step with a non-finite
   gradient leaves params and optimizer state unchanged and halves the scale.
