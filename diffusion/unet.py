@@ -1,0 +1,208 @@
+"""A small DDPM U-Net in Flax NNX (NHWC): sinusoidal time embedding, GroupNorm ResNet
+blocks, self-attention at low resolution, skip connections, optional class conditioning.
+
+Architecture of DDPM, Ho et al. 2020, arXiv:2006.11239 (Appendix B; a PixelCNN++-style
+U-Net with the Transformer sinusoidal position embedding of arXiv:1706.03762, Sec. 3.5),
+with the class embedding added to the time embedding as in Dhariwal & Nichol 2021,
+arXiv:2105.05233. Label index `num_classes` is the "null" label used for classifier-free
+guidance (guidance.py, arXiv:2207.12598). The last conv of every residual branch and of the
+output is zero-initialised (as in the DDPM code), so each block starts as the identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+_zeros = nnx.initializers.zeros_init()
+
+
+def timestep_embedding(t_B: Array, dim: int, max_period: float = 10_000.0) -> Array:
+  """[B, dim] = [sin(t ω_k), cos(t ω_k)], ω_k = max_period^{−k/(dim/2 − 1)} (DDPM code's
+  `get_timestep_embedding`; Sec. 3.5 of 1706.03762). t may be integer or real."""
+  if dim % 2 or dim < 4:
+    raise ValueError(f"timestep embedding dim must be even and ≥ 4, got {dim}.")
+  half = dim // 2
+  freqs_K = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  args_BK = jnp.asarray(t_B, jnp.float32)[:, None] * freqs_K[None, :]
+  return jnp.concatenate([jnp.sin(args_BK), jnp.cos(args_BK)], axis=-1)
+
+
+class ResBlock(nnx.Module):
+  """GroupNorm → SiLU → conv3×3 → (+ time projection) → GroupNorm → SiLU → dropout → conv3×3,
+  plus a 1×1 skip when channels change (DDPM's `resnet_block`)."""
+
+  def __init__(self, c_in: int, c_out: int, temb_dim: int, *, num_groups: int = 8,
+               dropout: float = 0.0, rngs: nnx.Rngs):
+    self.norm1 = nnx.GroupNorm(c_in, num_groups, rngs=rngs)
+    self.conv1 = nnx.Conv(c_in, c_out, (3, 3), rngs=rngs)
+    self.temb_proj = nnx.Linear(temb_dim, c_out, rngs=rngs)
+    self.norm2 = nnx.GroupNorm(c_out, num_groups, rngs=rngs)
+    # No Dropout module at rate 0: the model then holds parameters only (no RNG state).
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.conv2 = nnx.Conv(c_out, c_out, (3, 3), kernel_init=_zeros, rngs=rngs)
+    self.skip = nnx.Conv(c_in, c_out, (1, 1), rngs=rngs) if c_in != c_out else None
+
+  def __call__(self, x_BHWC: Array, temb_BD: Array) -> Array:
+    h = self.conv1(jax.nn.silu(self.norm1(x_BHWC)))
+    h = h + self.temb_proj(jax.nn.silu(temb_BD))[:, None, None, :]
+    h = jax.nn.silu(self.norm2(h))
+    h = self.conv2(self.dropout(h) if self.dropout is not None else h)
+    return (x_BHWC if self.skip is None else self.skip(x_BHWC)) + h
+
+
+class AttnBlock(nnx.Module):
+  """Multi-head self-attention over the H·W positions, residual (DDPM's `attn_block`)."""
+
+  def __init__(self, channels: int, *, num_heads: int = 1, num_groups: int = 8,
+               rngs: nnx.Rngs):
+    if channels % num_heads:
+      raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}.")
+    self.num_heads = num_heads
+    self.norm = nnx.GroupNorm(channels, num_groups, rngs=rngs)
+    self.qkv = nnx.Linear(channels, 3 * channels, rngs=rngs)     # a 1×1 conv
+    self.proj = nnx.Linear(channels, channels, kernel_init=_zeros, rngs=rngs)
+
+  def __call__(self, x_BHWC: Array) -> Array:
+    B, Hh, Ww, C = x_BHWC.shape
+    N = self.num_heads
+    qkv = self.qkv(self.norm(x_BHWC)).reshape(B, Hh * Ww, 3, N, C // N)
+    q_BTNH, k_BSNH, v_BSNH = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # Logits and softmax in fp32 whatever the compute dtype: bf16 loses the max-subtraction.
+    logits_BNTS = jnp.einsum("BTNH,BSNH->BNTS", q_BTNH, k_BSNH,
+                             preferred_element_type=jnp.float32) / np.sqrt(C // N)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BSNH.dtype)
+    out_BTNH = jnp.einsum("BNTS,BSNH->BTNH", probs_BNTS, v_BSNH)
+    return x_BHWC + self.proj(out_BTNH.reshape(B, Hh, Ww, C))
+
+
+class ResAttn(nnx.Module):
+  """A ResBlock followed by self-attention when the resolution asks for it."""
+
+  def __init__(self, c_in: int, c_out: int, temb_dim: int, *, attn: bool, num_heads: int,
+               num_groups: int, dropout: float, rngs: nnx.Rngs):
+    self.res = ResBlock(c_in, c_out, temb_dim, num_groups=num_groups, dropout=dropout,
+                        rngs=rngs)
+    self.attn = (AttnBlock(c_out, num_heads=num_heads, num_groups=num_groups, rngs=rngs)
+                 if attn else None)
+    self.out_channels = c_out
+
+  def __call__(self, x_BHWC: Array, temb_BD: Array) -> Array:
+    h = self.res(x_BHWC, temb_BD)
+    return self.attn(h) if self.attn is not None else h
+
+
+class Downsample(nnx.Module):
+  """Stride-2 conv3×3 (DDPM's `downsample` with_conv=True)."""
+
+  def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(channels, channels, (3, 3), strides=(2, 2), rngs=rngs)
+    self.out_channels = channels
+
+  def __call__(self, x_BHWC: Array, temb_BD: Array) -> Array:
+    del temb_BD
+    return self.conv(x_BHWC)
+
+
+class Upsample(nnx.Module):
+  """×2 nearest-neighbour resize then conv3×3 (DDPM's `upsample` with_conv=True)."""
+
+  def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(channels, channels, (3, 3), rngs=rngs)
+
+  def __call__(self, x_BHWC: Array, temb_BD: Array) -> Array:
+    del temb_BD
+    B, Hh, Ww, C = x_BHWC.shape
+    return self.conv(jax.image.resize(x_BHWC, (B, 2 * Hh, 2 * Ww, C), "nearest"))
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  image_channels: int = 1
+  base_channels: int = 32
+  channel_mults: tuple[int, ...] = (1, 2, 2)
+  num_res_blocks: int = 1
+  attn_resolutions: tuple[int, ...] = (8,)   # spatial sizes (H) that get self-attention
+  num_heads: int = 1
+  num_groups: int = 8
+  dropout: float = 0.0
+  num_classes: int | None = None            # None: unconditional
+  image_size: int = 32
+
+
+class UNet(nnx.Module):
+  """ε/x₀/v-prediction network: (x [B, H, W, C], t [B], labels [B] | None) → [B, H, W, C]."""
+
+  def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    ch = cfg.base_channels
+    temb = 4 * ch
+    self.temb1 = nnx.Linear(ch, temb, rngs=rngs)
+    self.temb2 = nnx.Linear(temb, temb, rngs=rngs)
+    self.label_emb = (nnx.Embed(cfg.num_classes + 1, temb, rngs=rngs)
+                      if cfg.num_classes else None)
+    self.conv_in = nnx.Conv(cfg.image_channels, ch, (3, 3), rngs=rngs)
+    blk = dict(num_heads=cfg.num_heads, num_groups=cfg.num_groups, dropout=cfg.dropout,
+               rngs=rngs)
+    skips, res, c = [ch], cfg.image_size, ch        # skip channels pushed on the way down
+    down = []
+    for level, mult in enumerate(cfg.channel_mults):
+      for _ in range(cfg.num_res_blocks):
+        down.append(ResAttn(c, mult * ch, temb, attn=res in cfg.attn_resolutions, **blk))
+        c = mult * ch
+        skips.append(c)
+      if level != len(cfg.channel_mults) - 1:
+        down.append(Downsample(c, rngs=rngs))
+        skips.append(c)
+        res //= 2
+    self.down = nnx.List(down)
+    self.mid1 = ResBlock(c, c, temb, num_groups=cfg.num_groups, dropout=cfg.dropout, rngs=rngs)
+    self.mid_attn = AttnBlock(c, num_heads=cfg.num_heads, num_groups=cfg.num_groups, rngs=rngs)
+    self.mid2 = ResBlock(c, c, temb, num_groups=cfg.num_groups, dropout=cfg.dropout, rngs=rngs)
+    up = []
+    for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+      for _ in range(cfg.num_res_blocks + 1):
+        up.append(ResAttn(c + skips.pop(), mult * ch, temb, attn=res in cfg.attn_resolutions,
+                          **blk))
+        c = mult * ch
+      if level != 0:
+        up.append(Upsample(c, rngs=rngs))
+        res *= 2
+    self.up = nnx.List(up)
+    self.norm_out = nnx.GroupNorm(c, cfg.num_groups, rngs=rngs)
+    self.conv_out = nnx.Conv(c, cfg.image_channels, (3, 3), kernel_init=_zeros, rngs=rngs)
+
+  def __call__(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None) -> Array:
+    cfg = self.cfg
+    factor = 2 ** (len(cfg.channel_mults) - 1)
+    if (x_BHWC.ndim != 4 or x_BHWC.shape[-1] != cfg.image_channels
+        or x_BHWC.shape[1] % factor or x_BHWC.shape[2] % factor):
+      raise ValueError(f"UNet expects [B, H, W, {cfg.image_channels}] with H, W divisible by "
+                       f"{factor}, got {x_BHWC.shape}.")
+    if labels_B is not None and self.label_emb is None:
+      raise ValueError("labels given to an unconditional UNet (num_classes=None).")
+    t_B = jnp.broadcast_to(t_B, x_BHWC.shape[:1])
+    temb = self.temb2(jax.nn.silu(self.temb1(timestep_embedding(t_B, cfg.base_channels))))
+    if self.label_emb is not None:
+      if labels_B is None:   # no labels ⇒ the null label, i.e. the unconditional model
+        labels_B = jnp.full(x_BHWC.shape[:1], cfg.num_classes, jnp.int32)
+      temb = temb + self.label_emb(labels_B)
+
+    h = self.conv_in(x_BHWC)
+    hs = [h]
+    for layer in self.down:
+      h = layer(h, temb)
+      hs.append(h)
+    h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+    for layer in self.up:
+      if isinstance(layer, Upsample):
+        h = layer(h, temb)
+      else:
+        h = layer(jnp.concatenate([h, hs.pop()], axis=-1), temb)   # skip connection
+    return self.conv_out(jax.nn.silu(self.norm_out(h)))
+
