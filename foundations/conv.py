@@ -14,6 +14,7 @@ from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 Padding = Union[str, int, Sequence[tuple[int, int]]]
 
@@ -106,3 +107,21 @@ def max_pool2d(x_BHWC: jax.Array, window=2, stride=None, padding: Padding = "VAL
 def avg_pool2d(x_BHWC: jax.Array, window=2, stride=None, padding: Padding = "VALID") -> jax.Array:
   """Mean over each window; padded zeros count in the mean (flax's count_include_pad=True)."""
   return _pool(x_BHWC, window, stride, padding, jnp.mean, 0.0)
+
+
+class Conv2D(nnx.Module):
+  """`conv2d` as a layer with its own kernel [K_h, K_w, C_in, C_out] and bias [C_out]
+  (LeCun-normal kernel, std 1/√(K_h K_w C_in)); same layout and result as `nnx.Conv`."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size=3, stride=1,
+               padding: Padding = "SAME", dilation=1, *, rngs: nnx.Rngs):
+    kh, kw = _pairs(kernel_size, "kernel_size")
+    fan_in = kh * kw * in_features
+    self.kernel_HWIO = nnx.Param(
+        jax.random.normal(rngs.params(), (kh, kw, in_features, out_features)) / math.sqrt(fan_in))
+    self.bias_O = nnx.Param(jnp.zeros(out_features))
+    self.stride, self.padding, self.dilation = stride, padding, dilation
+
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    y = conv2d(x_BHWC, self.kernel_HWIO[...], self.stride, self.padding, self.dilation)
+    return y + self.bias_O[...]

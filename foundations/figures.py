@@ -1,12 +1,13 @@
 """Figures for the foundations curriculum, written as PNGs into a directory.
 
-  python -m genfm.foundations.figures OUT_DIR [--only race,lr,init,schedules,residual] [--quick]
+  python -m genfm.foundations.figures OUT_DIR [--only race,lr,init,schedules,residual,filters] [--quick]
 
 race        optimizers racing on Rosenbrock (Rosenbrock 1960) and a saddle, same start, same steps
 lr          learning-rate sensitivity: loss after N steps on Rosenbrock vs η, per optimizer
 init        activation variance through 20 layers, matched vs mismatched init (init.py)
 schedules   step / exponential / cosine / warmup+cosine (schedules.py)
 residual    per-layer gradient norm, plain vs residual net (residual.py)
+filters     first-layer 3×3 filters of a tiny CNN (conv.py's Conv2D) trained on sklearn digits
 """
 
 import argparse
@@ -16,16 +17,19 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import matplotlib
+import optax
+from flax import nnx
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from genfm.foundations import conv as conv_lib  # pylint: disable=wrong-import-position
 from genfm.foundations import init as init_lib  # pylint: disable=wrong-import-position
 from genfm.foundations import optimizers as opt  # pylint: disable=wrong-import-position
 from genfm.foundations import residual as residual_lib  # pylint: disable=wrong-import-position
 from genfm.foundations import schedules as sch  # pylint: disable=wrong-import-position
 
-FIGURES = ("race", "lr", "init", "schedules", "residual")
+FIGURES = ("race", "lr", "init", "schedules", "residual", "filters")
 
 
 def rosenbrock(p: jax.Array) -> jax.Array:
@@ -135,6 +139,55 @@ def residual_grads(out_dir: str) -> str:
   return _save(fig, out_dir, "residual_grad_norms.png")
 
 
+class DigitsCNN(nnx.Module):
+  """conv 3×3 (8 filters) → ReLU → 2×2 max-pool → linear; [B, 8, 8, 1] -> logits [B, 10]."""
+
+  def __init__(self, num_filters: int = 8, *, rngs: nnx.Rngs):
+    self.conv = conv_lib.Conv2D(1, num_filters, 3, padding="SAME", rngs=rngs)
+    self.out = nnx.Linear(4 * 4 * num_filters, 10, rngs=rngs)
+
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    h = conv_lib.max_pool2d(jax.nn.relu(self.conv(x_BHWC)), 2)  # [B, 4, 4, F]
+    return self.out(h.reshape(h.shape[0], -1))
+
+
+def train_digits_cnn(num_steps: int, seed: int = 0) -> tuple[DigitsCNN, float]:
+  """Full-batch Adam on all 1797 sklearn digits (embedded, offline); returns (model, train acc)."""
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
+  data = load_digits()
+  x_BHWC = jnp.asarray(data.images[..., None] / 16.0, jnp.float32)
+  y_B = jnp.asarray(data.target, jnp.int32)
+  graphdef, params = nnx.split(DigitsCNN(rngs=nnx.Rngs(seed)))
+  tx = optax.adam(1e-2)
+
+  def loss_fn(p):
+    logits = nnx.merge(graphdef, p)(x_BHWC)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y_B).mean()
+
+  def step(carry, _):
+    p, s = carry
+    updates, s = tx.update(jax.grad(loss_fn)(p), s, p)
+    return (optax.apply_updates(p, updates), s), None
+
+  (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=num_steps))(
+      (params, tx.init(params)))
+  model = nnx.merge(graphdef, params)
+  return model, float(jnp.mean(jnp.argmax(model(x_BHWC), -1) == y_B))
+
+
+def learned_filters(out_dir: str, num_steps: int) -> str:
+  model, acc = train_digits_cnn(num_steps)
+  k_HWIO = model.conv.kernel_HWIO[...]
+  fig, axes = plt.subplots(1, k_HWIO.shape[-1], figsize=(2 * k_HWIO.shape[-1], 2.4))
+  lim = float(jnp.max(jnp.abs(k_HWIO)))
+  for f, ax in enumerate(axes):
+    ax.imshow(k_HWIO[:, :, 0, f], cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set(xticks=[], yticks=[], title=f"filter {f}")
+  fig.suptitle(f"First-layer 3×3 filters after {num_steps} steps on digits (train acc {acc:.3f})")
+  return _save(fig, out_dir, "learned_filters.png")
+
+
 def _save(fig, out_dir: str, name: str) -> str:
   path = os.path.join(out_dir, name)
   fig.tight_layout()
@@ -160,7 +213,8 @@ def main(argv=None) -> list[str]:
   makers = {"race": lambda: race(args.out_dir, steps),
             "lr": lambda: lr_sensitivity(args.out_dir, steps),
             "init": lambda: init_variance(args.out_dir), "schedules": lambda: schedules(args.out_dir),
-            "residual": lambda: residual_grads(args.out_dir)}
+            "residual": lambda: residual_grads(args.out_dir),
+            "filters": lambda: learned_filters(args.out_dir, steps)}
   paths = [makers[f]() for f in chosen]
   for p in paths:
     print(p)

@@ -67,6 +67,17 @@ def test_pooling_matches_nnx(window, stride, padding):
   np.testing.assert_allclose(outs[2], outs[3], atol=1e-6)
 
 
+def test_conv_layer_matches_nnx_conv():
+  ours = conv.Conv2D(3, 4, kernel_size=(3, 2), stride=2, padding="SAME", rngs=nnx.Rngs(0))
+  theirs = nnx.Conv(3, 4, kernel_size=(3, 2), strides=2, padding="SAME", rngs=nnx.Rngs(1))
+  theirs.kernel[...] = ours.kernel_HWIO[...]
+  ours.bias_O[...] = jnp.arange(4.0)
+  theirs.bias[...] = jnp.arange(4.0)
+  y_ours, y_theirs = nnx.jit(lambda a, b, x: (a(x), b(x)))(ours, theirs, _X)
+  assert y_ours.shape == (2, 5, 4, 4)
+  np.testing.assert_allclose(y_ours, y_theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input():
   with pytest.raises(ValueError, match="matching C_in"):
     conv.conv2d(_X, _W[:, :, :2])
