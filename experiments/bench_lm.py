@@ -1,0 +1,93 @@
+"""GPT benchmarks: `genfm-bench gpt_train_step gpt_decode` (registered in `bench.py`).
+
+gpt_train_step: one AdamW step (`jax.jit` of `value_and_grad` of next-token CE, as the launcher
+  does) for the char CPU config (4 layers, width 128, context 64, batch 12) and the GPT-2-small
+  shape (124M parameters; context and batch cut to fit this CPU). Reports tokens/s, the model
+  FLOP/s from 6N + 12·L·H·T per token (PaLM 2204.02311 app. B, `gpt.flops_per_token`), XLA's
+  own count of the compiled step, and both as fractions of `matmul_peak` measured in this run.
+gpt_decode: greedy decoding of 256 new tokens after a 64-token prompt, with the preallocated
+  KV cache vs recomputing the whole buffer at every step (`sampling.generate`); the tokens of
+  both must agree.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from genfm.experiments import bench
+from genfm.transformers import gpt, sampling
+
+CPU_CONFIG = gpt.GPTConfig(vocab_size=84, context_len=64, num_layers=4, num_heads=4, d_model=128)
+# GPT-2 small widths and vocabulary; context 256 (not 1024) and batch 2 keep a step to seconds.
+GPT2_SMALL = gpt.GPTConfig(context_len=256)
+
+
+def _train_step(cfg: gpt.GPTConfig, batch: int):
+  """(jitted step, state, tokens): the launcher's step without the data pipeline."""
+  model = gpt.GPT(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adamw(1e-3, weight_decay=0.1)
+  state = (params, tx.init(params))
+
+  def step(state, tokens_BT1):
+    params, opt_state = state
+
+    def loss_fn(p):
+      logits_BTV = nnx.merge(graphdef, p, rest)(tokens_BT1[:, :-1])
+      return gpt.lm_loss(logits_BTV, tokens_BT1[:, 1:])
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  tokens = jax.random.randint(jax.random.key(1), (batch, cfg.context_len + 1), 0, cfg.vocab_size)
+  return jax.jit(step, donate_argnums=0), state, tokens
+
+
+def gpt_train_step(emit) -> None:
+  peak = bench.matmul_peak()
+  emit(peak)
+  for label, cfg, batch, iters in (("cpu_config", CPU_CONFIG, 12, 20),
+                                   ("gpt2_small_shape", GPT2_SMALL, 2, 3)):
+    step, state, tokens = _train_step(cfg, batch)
+    xla_flops = bench.compiled_flops(step, state, tokens)
+    holder = [state]
+
+    def run(tokens):  # the state is donated: thread it through so every call is a real step
+      holder[0], loss = step(holder[0], tokens)
+      return loss
+
+    t = bench.time_fn(run, tokens, warmup=1 if iters < 10 else 2, iters=iters)
+    n_tok = batch * cfg.context_len
+    model_flops = gpt.flops_per_token(cfg) * n_tok
+    emit({"name": "gpt_train_step", "shape": label, "params": gpt.param_count(cfg),
+          "batch_size": batch, "context_len": cfg.context_len, "seconds": t,
+          "tokens_per_sec": n_tok / t, "model_flops_per_step": model_flops,
+          "model_flops_per_sec": model_flops / t,
+          "model_fraction_of_matmul_peak": model_flops / t / peak["flops_per_sec"],
+          "xla_flops_per_step": xla_flops,
+          "xla_fraction_of_matmul_peak": (xla_flops / t / peak["flops_per_sec"]
+                                          if xla_flops else None),
+          "device": jax.devices()[0].device_kind})
+
+
+def gpt_decode(emit, new_tokens: int = 256, prompt_len: int = 64) -> None:
+  cfg = gpt.GPTConfig(vocab_size=84, context_len=prompt_len + new_tokens, num_layers=4,
+                      num_heads=4, d_model=128)
+  model = gpt.GPT(cfg, rngs=nnx.Rngs(0))
+  model.eval()
+  prompt_BT = jax.random.randint(jax.random.key(2), (1, prompt_len), 0, cfg.vocab_size)
+  out = {}
+  for use_cache in (True, False):
+    fn = lambda p, c=use_cache: sampling.generate(model, p, new_tokens, use_cache=c)[0]
+    out[use_cache] = (bench.time_fn(fn, prompt_BT, warmup=1, iters=3), fn(prompt_BT))
+  cache_bytes = sum(c.nbytes for c in model.init_cache(1, cfg.context_len))
+  for use_cache in (True, False):
+    t = out[use_cache][0]
+    emit({"name": "gpt_decode", "kv_cache": use_cache, "params": gpt.param_count(cfg),
+          "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": t,
+          "tokens_per_sec": new_tokens / t, "speedup_vs_recompute": out[False][0] / t,
+          "cache_bytes": cache_bytes if use_cache else 0,
+          "greedy_tokens_equal": bool(jnp.array_equal(out[True][1], out[False][1])),
+          "device": jax.devices()[0].device_kind})
