@@ -76,6 +76,10 @@ class GPTConfig:
                        f"num_experts={self.num_experts}, top_k={self.top_k}")
     if self.moe_every < 1:
       raise ValueError(f"moe_every must be >= 1, got {self.moe_every}")
+    if self.attention_impl == "pallas" and (self.positions == "alibi" or self.attention_window):
+      raise ValueError("attention_impl='pallas' (genfm.kernels flash attention) supports causal "
+                       "attention only: no ALiBi bias, no attention_window; use 'reference' or "
+                       "'xla' for those")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -109,7 +113,8 @@ def param_count(cfg: GPTConfig, *, active: bool = False) -> int:
   n_exp = cfg.top_k if active else cfg.num_experts
   total = V * D + (cfg.context_len * D if cfg.positions == "learned" else 0)
   for i in range(L):
-    total += attn + 2 * norm + (D * cfg.num_experts + n_exp * expert if cfg.is_moe_layer(i) else dense)
+    moe_ffn = D * cfg.num_experts + n_exp * expert  # router + experts (no biases)
+    total += attn + 2 * norm + (moe_ffn if cfg.is_moe_layer(i) else dense)
   total += norm if cfg.norm_placement == "pre" else 0  # final norm
   total += 0 if cfg.tie_embeddings else D * V
   return total
@@ -191,7 +196,8 @@ class GPT(nnx.Module):
     MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux)."""
     cfg = self.cfg
     if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
-      raise ValueError(f"tokens must be an integer array [B, T], got {tokens_BT.dtype}{tokens_BT.shape}")
+      raise ValueError(
+          f"tokens must be an integer array [B, T], got {tokens_BT.dtype}{tokens_BT.shape}")
     B, T = tokens_BT.shape
     if T > cfg.context_len:
       raise ValueError(f"sequence of {T} tokens exceeds context_len={cfg.context_len}")
@@ -242,7 +248,8 @@ class GPT(nnx.Module):
 
 def lm_loss(logits_BTV: Array, targets_BT: Array, mask_BT: Array | None = None) -> Array:
   """Mean next-token cross-entropy in nats (masked positions excluded)."""
-  ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV.astype(jnp.float32), targets_BT)
+  ce_BT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BTV.astype(jnp.float32), targets_BT)
   if mask_BT is None:
     return jnp.mean(ce_BT)
   mask_BT = mask_BT.astype(jnp.float32)

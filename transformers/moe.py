@@ -98,13 +98,13 @@ class MoE(nnx.Module):
     self.capacity_factor, self.ffn, self.renormalize = capacity_factor, ffn, renormalize
     self.router = nnx.Linear(D, E, use_bias=False, kernel_init=kernel_init, rngs=rngs)
     out_init = out_kernel_init or kernel_init
-    # Batched expert weights; each expert slice is initialized like its dense counterpart.
-    self.w_up = nnx.Param(jax.vmap(lambda k: kernel_init(k, (D, F)))(jax.random.split(rngs.params(), E)))
-    if ffn == "swiglu":
-      self.w_gate = nnx.Param(jax.vmap(lambda k: kernel_init(k, (D, F)))(jax.random.split(rngs.params(), E)))
-    else:
-      self.w_gate = None
-    self.w_down = nnx.Param(jax.vmap(lambda k: out_init(k, (F, D)))(jax.random.split(rngs.params(), E)))
+
+    def batched(init, shape):  # E experts, each initialized like its dense counterpart
+      return nnx.Param(jax.vmap(lambda k: init(k, shape))(jax.random.split(rngs.params(), E)))
+
+    self.w_up = batched(kernel_init, (D, F))  # [E, D, F]
+    self.w_gate = batched(kernel_init, (D, F)) if ffn == "swiglu" else None  # [E, D, F]
+    self.w_down = batched(out_init, (F, D))  # [E, F, D]
 
   def experts(self, x_ECD: Array) -> Array:
     """All experts at once: [E, C, D] → [E, C, D], same math as ffn.GeluMLP / ffn.SwiGLU."""

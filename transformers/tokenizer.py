@@ -43,7 +43,8 @@ class BPETokenizer:
   def _add_merge(self, pair: Pair) -> int:
     a, b = pair
     if a not in self.vocab or b not in self.vocab:
-      raise ValueError(f"merge {pair} refers to an id not in the vocabulary (size {len(self.vocab)})")
+      raise ValueError(
+          f"merge {pair} refers to an id not in the vocabulary (size {len(self.vocab)})")
     new_id = 256 + len(self.merges)
     self.merges[pair] = new_id
     self.vocab[new_id] = self.vocab[a] + self.vocab[b]
@@ -87,7 +88,8 @@ class BPETokenizer:
     try:
       data = b"".join(self.vocab[int(i)] for i in ids)
     except KeyError as e:
-      raise ValueError(f"token id {e.args[0]} is not in the vocabulary (ids 0..{self.vocab_size - 1})") from None
+      raise ValueError(f"token id {e.args[0]} is not in the vocabulary "
+                       f"(ids 0..{self.vocab_size - 1})") from None
     return data.decode("utf-8", errors="replace")
 
   def save(self, path: str | os.PathLike) -> None:

@@ -114,7 +114,8 @@ def test_module_equals_per_head_loop(K):
 
 def test_module_shapes_and_param_count():
   D, K = 16, 2
-  make = lambda: attention.MultiHeadAttention(D, N, num_kv_heads=K, use_bias=True, rngs=nnx.Rngs(KEY(0)))
+  make = lambda: attention.MultiHeadAttention(
+      D, N, num_kv_heads=K, use_bias=True, rngs=nnx.Rngs(KEY(0)))
   params = jax.eval_shape(lambda: nnx.state(make(), nnx.Param))
   n_params = sum(p.size for p in jax.tree.leaves(params))
   Hd = D // N

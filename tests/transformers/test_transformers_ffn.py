@@ -49,7 +49,8 @@ def test_swiglu_equals_numpy():
 
 def test_shapes_and_param_counts():
   for kind, n in (("gelu", 2 * D * F + F + D), ("swiglu", 3 * D * F)):
-    params = jax.eval_shape(lambda: nnx.state(ffn.make_ffn(kind, D, F, rngs=nnx.Rngs(KEY(0))), nnx.Param))
+    params = jax.eval_shape(
+        lambda: nnx.state(ffn.make_ffn(kind, D, F, rngs=nnx.Rngs(KEY(0))), nnx.Param))
     assert sum(p.size for p in jax.tree.leaves(params)) == n
     out = jax.eval_shape(lambda x: ffn.make_ffn(kind, D, F, rngs=nnx.Rngs(KEY(0)))(x),
                          jax.ShapeDtypeStruct((2, 3, D), jnp.float32))

@@ -80,7 +80,8 @@ def test_forward_shapes_and_causality(name):
   fwd = nnx.jit(lambda m, t: m(t, return_aux=True))
   logits, aux = fwd(model, tokens)
   chex.assert_shape(logits, (2, 8, cfg.vocab_size))
-  assert logits.dtype == jnp.float32 and set(aux) == {"load_balance", "router_z", "dropped_fraction"}
+  assert logits.dtype == jnp.float32
+  assert set(aux) == {"load_balance", "router_z", "dropped_fraction"}
   if cfg.num_experts:
     assert float(aux["dropped_fraction"]) == 0.0 and float(aux["load_balance"]) >= 1.0 - 1e-6
   # Changing token t' changes no logit at t < t', and does change the logit at t'.
@@ -125,6 +126,16 @@ def test_lm_loss_mask_and_formula():
   np.testing.assert_allclose(gpt.lm_loss(logits, targets, mask), want, rtol=1e-6)
 
 
+def test_pallas_flash_kernel_plugs_in():
+  # genfm.kernels' flash attention (Pallas interpreter on CPU) through attention_impl.
+  cfg = dataclasses.replace(TINY, positions="rope", num_kv_heads=2)
+  ref = gpt.GPT(cfg, rngs=nnx.Rngs(KEY(0)))
+  pal = gpt.GPT(dataclasses.replace(cfg, attention_impl="pallas"), rngs=nnx.Rngs(KEY(0)))
+  tokens = jax.random.randint(KEY(5), (2, 8), 0, cfg.vocab_size)
+  fwd = nnx.jit(lambda m, t: m(t))
+  np.testing.assert_allclose(fwd(pal, tokens), fwd(ref, tokens), atol=1e-5)
+
+
 def test_config_and_input_errors():
   with pytest.raises(ValueError, match="valid choices: learned, sinusoidal, rope, alibi, none"):
     gpt.GPTConfig(positions="xpos")
@@ -134,6 +145,8 @@ def test_config_and_input_errors():
     gpt.GPTConfig(num_heads=4, d_model=16, num_kv_heads=3)
   with pytest.raises(ValueError, match="top_k"):
     gpt.GPTConfig(num_experts=2, top_k=3)
+  with pytest.raises(ValueError, match="causal attention only"):
+    gpt.GPTConfig(attention_impl="pallas", positions="alibi")
   model = gpt.GPT(TINY, rngs=nnx.Rngs(KEY(0)))
   with pytest.raises(ValueError, match="exceeds context_len=8"):
     model(jnp.zeros((1, 9), jnp.int32))

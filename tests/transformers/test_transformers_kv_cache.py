@@ -36,7 +36,8 @@ def test_update_writes_slots_and_masks_causally():
   np.testing.assert_array_equal(v_all[:, :3], -k)
   want = np.array([[s <= t for s in range(6)] for t in range(3)])
   np.testing.assert_array_equal(mask[0, 0], want)
-  k_all, _, mask, c = c.update(k[:, :1] * 10, k[:, :1], jnp.array([[3], [3]]), local_window_size=(2, 0))
+  k_all, _, mask, c = c.update(k[:, :1] * 10, k[:, :1], jnp.array([[3], [3]]),
+                               local_window_size=(2, 0))
   np.testing.assert_array_equal(k_all[:, 3], k[:, 0] * 10)
   np.testing.assert_array_equal(mask[0, 0, 0], [False, True, True, True, False, False])
   assert c.nbytes == 2 * 2 * 6 * 1 * 2 * 4

@@ -110,7 +110,8 @@ def test_router_z_loss_formula():
 
 def test_shapes_param_count_and_errors():
   E = 4
-  params = jax.eval_shape(lambda: nnx.state(moe.MoE(D, F, E, ffn="swiglu", rngs=nnx.Rngs(KEY(0))), nnx.Param))
+  params = jax.eval_shape(
+      lambda: nnx.state(moe.MoE(D, F, E, ffn="swiglu", rngs=nnx.Rngs(KEY(0))), nnx.Param))
   assert sum(p.size for p in jax.tree.leaves(params)) == D * E + E * 3 * D * F
   out, aux = jax.eval_shape(lambda x: moe.MoE(D, F, E, rngs=nnx.Rngs(KEY(0)))(x),
                             jax.ShapeDtypeStruct((B, T, D), jnp.float32))
