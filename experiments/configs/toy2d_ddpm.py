@@ -5,8 +5,9 @@ Command:  python -m genfm.experiments.run --config=experiments/configs/toy2d_ddp
 Hardware: CPU, 2 cores (shared and loaded, so times are pessimistic).   Run time: see below.
 Expect:   energy distance of 2000 DDPM-1000 samples to 2000 held-out points within 2× the
           data-vs-data floor measured in the same run (eval metric `energy_ratio` ≤ 2).
-          `:smoke` (moons, 300 steps, DDIM-50 sampling, seconds): energy_distance ≤ 0.05
-          (an untrained model scores ~1.1, N(0, I) samples ~0.6).
+          `:smoke` (moons, 2000 steps, DPM-Solver++ 20 steps, ~20 s CPU): energy_distance
+          ≤ 0.01 (measured 0.0054; floor 0.0028; a Gaussian with the data's mean and covariance
+          scores 0.027, N(0, I) 0.19, the untrained network ~110).
 """
 
 import ml_collections
@@ -44,14 +45,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "sample_steps": 50,           # ddim / dpm_solver_pp steps
       "eta": 0.0,                   # ddim η
   })
-  c.num_train_steps = 3000
-  c.log_every_steps = 250
-  c.eval_every_steps = 3000
-  c.checkpoint_every_steps = 3000
+  c.num_train_steps = 10_000
+  c.log_every_steps = 1000
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 5000
   if variant == "smoke":
     c.name = "toy2d_ddpm_smoke"
-    c.diffusion.sampler = "ddim"
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 300
-    c.log_every_steps = 50
-    c.warmup_steps = 30
+    c.diffusion.sampler, c.diffusion.sample_steps = "dpm_solver_pp", 20
+    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2000
+    c.log_every_steps = 500
   return c
