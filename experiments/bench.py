@@ -87,6 +87,8 @@ BENCHES = {
     "cnn_train_step": functools.partial(bench_train_step, "fashion_lenet", "cnn_train_step"),
     "resnet_train_step": functools.partial(bench_train_step, "fashion_resnet", "resnet_train_step"),
     "flash_attention": "genfm.kernels.bench_flash:run",
+    "backprop_step": "genfm.experiments.bench_foundations:backprop_step",
+    "optimizer_update": "genfm.experiments.bench_foundations:optimizer_update",
     "gpt_train_step": "genfm.experiments.bench_lm:gpt_train_step",
     "gpt_decode": "genfm.experiments.bench_lm:gpt_decode",
     "ddpm_train_step": "genfm.experiments.bench_diffusion:ddpm_train_step",
