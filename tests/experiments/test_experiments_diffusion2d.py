@@ -173,7 +173,7 @@ def test_smoke_config_reaches_its_energy_distance_through_the_launcher(tmp_path,
     s = json.load(f)
   assert s["finished"] and s["energy_distance"] <= SMOKE_BOUND, s
   assert 0.001 < s["energy_floor"] < 0.01, s        # ≈ 0.0027 for moons at n = 2000 (ANCHORS)
-  assert (tmp_path / "samples_step300.png").exists()
+  assert (tmp_path / "samples_step2000.png").exists()
 
 
 # --- bad input -----------------------------------------------------------------------------------
