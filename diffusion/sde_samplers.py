@@ -79,6 +79,8 @@ def pc_sample(sde: sde_lib.SDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[
   """
   _check_steps(num_steps)
   init_key, key = jax.random.split(key)
+  if x_T is not None and tuple(x_T.shape) != tuple(shape):
+    raise ValueError(f"x_T has shape {x_T.shape}, expected {shape}.")
   x = sde_lib.prior_sample(sde, init_key, shape) if x_T is None else x_T
   ts = jnp.linspace(sde.T, eps, num_steps + 1)[:-1]
   dt = (sde.T - eps) / num_steps
