@@ -68,8 +68,10 @@ def _sqrt_psd(m_DD: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1_D: np.ndarray, cov1_DD: np.ndarray, mu2_D: np.ndarray,
                      cov2_DD: np.ndarray) -> float:
   """‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}) — eq. (6) of 1706.08500."""
-  mu1, mu2 = np.atleast_1d(np.asarray(mu1_D, np.float64)), np.atleast_1d(np.asarray(mu2_D, np.float64))
-  c1, c2 = np.atleast_2d(np.asarray(cov1_DD, np.float64)), np.atleast_2d(np.asarray(cov2_DD, np.float64))
+  mu1 = np.atleast_1d(np.asarray(mu1_D, np.float64))
+  mu2 = np.atleast_1d(np.asarray(mu2_D, np.float64))
+  c1 = np.atleast_2d(np.asarray(cov1_DD, np.float64))
+  c2 = np.atleast_2d(np.asarray(cov2_DD, np.float64))
   d = mu1.shape[0]
   if mu2.shape != (d,) or c1.shape != (d, d) or c2.shape != (d, d):
     raise ValueError(f"frechet_distance expects means [D] and covariances [D, D] with one D; got "

@@ -1,6 +1,5 @@
 """Tests for genfm.diffusion.metrics against closed forms and independent references."""
 
-import jax
 import numpy as np
 import pytest
 from scipy import linalg

@@ -2,7 +2,6 @@
 convergence orders of Euler (1) and Heun (2) on an ODE with a closed-form solution."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
