@@ -1,0 +1,79 @@
+"""Benchmarks of the 2-D diffusion experiments (`genfm-bench ddpm_train_step diffusion_sample`).
+
+- `ddpm_train_step`: the jitted train step of `configs/toy2d_ddpm.py` (ε-prediction loss, eq. 14
+  of arXiv:2006.11239, AdamW) at a few batch sizes: examples/s and FLOP/s as a fraction of the
+  matmul peak measured in the same run.
+- `diffusion_sample`: samples/s of the MLP denoiser at one batch for DDPM ancestral (1000 steps),
+  DDIM (50, arXiv:2010.02502), DPM-Solver++(2M) (20, arXiv:2211.01095), and for the score SDE
+  (arXiv:2011.13456) reverse Euler–Maruyama (1000) and probability-flow ODE Heun (100 steps,
+  200 network evaluations). The network is the untrained one: its cost does not depend on its
+  weights, and the benchmark then needs no training run. Sampling FLOPs are counted as network
+  FLOPs × evaluations (the samplers' own arithmetic on [B, 2] arrays is negligible).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from genfm.experiments import bench, data, train
+from genfm.experiments.configs import toy2d_ddpm, toy2d_score_sde
+from genfm.experiments.tasks.diffusion2d import Diffusion2DTask
+
+TRAIN_BATCHES = (256, 4096)
+SAMPLE_BATCH = 2000
+
+
+def ddpm_train_step(emit) -> None:
+  peak = bench.matmul_peak()["flops_per_sec"]
+  for batch_size in TRAIN_BATCHES:
+    cfg = toy2d_ddpm.get_config("moons")
+    cfg.batch_size = batch_size
+    task = Diffusion2DTask(cfg)
+    graph_train, _, state, tx = train.init_state(task, cfg)
+    step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
+    batch = jax.tree.map(jnp.asarray, next(data.make_iterator(
+        task.train_source(), batch_size=batch_size, seed=0)))
+    flops = bench.compiled_flops(step, state, batch)
+    t = bench.time_fn(lambda s: step(s, batch)[1]["loss"], state, iters=20)
+    emit({"name": "ddpm_train_step", "config": "toy2d_ddpm:moons", "batch_size": batch_size,
+          "seconds": t, "examples_per_sec": batch_size / t, "flops_per_step": flops,
+          "flops_per_sec": flops / t if flops else None,
+          "fraction_of_matmul_peak": flops / t / peak if flops else None,
+          "backend": jax.default_backend()})
+
+
+# (label, config module, diffusion overrides, network evaluations per sample)
+SAMPLERS = (
+    ("ddpm_1000", toy2d_ddpm, {"sampler": "ddpm"}, 1000),
+    ("ddim_50", toy2d_ddpm, {"sampler": "ddim", "sample_steps": 50}, 50),
+    ("dpm_solver_pp_20", toy2d_ddpm, {"sampler": "dpm_solver_pp", "sample_steps": 20}, 20),
+    ("sde_euler_maruyama_1000", toy2d_score_sde, {"sampler": "euler_maruyama",
+                                                  "sample_steps": 1000}, 1000),
+    ("sde_ode_heun_100", toy2d_score_sde, {"sampler": "ode", "ode_method": "heun",
+                                           "sample_steps": 100}, 200),
+)
+
+
+def diffusion_sample(emit) -> None:
+  peak = bench.matmul_peak()["flops_per_sec"]
+  for label, module, overrides, nfe in SAMPLERS:
+    cfg = module.get_config("moons")
+    cfg.diffusion.update(overrides)
+    task = Diffusion2DTask(cfg)
+    graphdef, state = nnx.split(task.build_model(nnx.Rngs(0)))
+    fn = jax.jit(lambda s, key: task.sample(nnx.merge(graphdef, s), key, SAMPLE_BATCH))
+    key = jax.random.key(0)
+    # XLA's cost analysis counts a scan / while body once, not once per iteration, so the
+    # sampler's FLOPs are (FLOPs of one network call) × (network evaluations).
+    net = jax.jit(lambda s, x, t: nnx.merge(graphdef, s)(x, t))
+    x, t_B = jnp.zeros((SAMPLE_BATCH, 2)), jnp.zeros((SAMPLE_BATCH,))
+    net_flops = bench.compiled_flops(net, state, x, t_B)
+    flops = net_flops * nfe if net_flops else None
+    t = bench.time_fn(fn, state, key, warmup=1, iters=3)
+    emit({"name": "diffusion_sample", "sampler": label, "batch_size": SAMPLE_BATCH,
+          "network_evals": nfe, "seconds": t, "samples_per_sec": SAMPLE_BATCH / t,
+          "flops_per_network_eval": net_flops, "flops_per_call": flops, "flops_per_sec": flops / t if flops else None,
+          "fraction_of_matmul_peak": flops / t / peak if flops else None,
+          "backend": jax.default_backend()})
