@@ -1,9 +1,9 @@
 """Exact log-likelihood through the probability-flow ODE.
 
-Song et al. 2021, arXiv:2011.13456, Sec. 4.3 and Appendix D.2 (eqs. 39–40): with
+Song et al. 2021, arXiv:2011.13456, Sec. 4.3 and Appendix D.2: with
 dx/dt = f̃(x, t) = f − ½ g² ∇log p_t (eq. 13), the instantaneous change of variables
 (Chen et al. 2018, arXiv:1806.07366) gives
-  log p_0(x(0)) = log p_T(x(T)) + ∫_0^T ∇·f̃(x(t), t) dt.                 (eq. 39)
+  log p_0(x(0)) = log p_T(x(T)) + ∫_0^T ∇·f̃(x(t), t) dt.
 The divergence is exact (D Jacobian-vector products, for low dimensions) or the
 Skilling–Hutchinson estimate E_v[vᵀ (∂f̃/∂x) v] with Rademacher or Gaussian v, fixed over
 the solve (Grathwohl et al. 2019, FFJORD, arXiv:1810.01367). The augmented ODE [x, ∫∇·f̃] is
@@ -64,7 +64,7 @@ def log_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x0: jax.Array,
                    eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5,
                    prior_logp: Callable[[jax.Array], jax.Array] | None = None,
                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-  """log p_0(x0) [B] in nats by eq. (39); returns (logp, z = x(T), solver stats).
+  """log p_0(x0) [B] in nats (Appendix D.2 of 2011.13456); returns (logp, z = x(T), stats).
 
   estimator: "exact", "rademacher" or "gaussian" (the last two need `key`), or an array of
   probes shaped like x0 (Hutchinson with those probes).
@@ -91,7 +91,7 @@ def log_likelihood(sde: sde_lib.SDE, score_fn: ScoreFn, x0: jax.Array,
       div = exact_divergence(drift, x)
     else:
       div = hutchinson_divergence(drift, x, v)
-    return drift(x), div                       # d/dt [x, ∫∇·f̃] — eq. (39)
+    return drift(x), div                       # d/dt [x, ∫∇·f̃] — Appendix D.2
 
   state0 = (x0, jnp.zeros((x0.shape[0],), x0.dtype))
   (z, delta), stats = ode.dopri5(aug, state0, eps, sde.T, rtol=rtol, atol=atol)

@@ -1,13 +1,13 @@
 """Sample-quality metrics: energy distance for 2-D samples and the Fréchet distance.
 
-Energy distance: Székely & Rizzo 2013, "Energy statistics", J. Stat. Plan. Inference 143(8)
-(eq. 2.1): D²(X, Y) = 2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ ≥ 0, zero iff the laws agree.
+Energy distance: Székely & Rizzo 2013, "Energy statistics: A class of statistics based on
+distances", J. Stat. Plan. Inference 143(8): D²(X, Y) = 2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ ≥ 0, zero iff the laws agree.
 We return the squared form as a V-statistic (all pairs, the i = j zeros included), so an
 estimate is ≥ 0 and two samples of the same law give a small positive "floor" of order
 E‖X − X'‖/n; `energy_floor` measures that floor from data alone.
 
 Fréchet distance between Gaussians (Dowson & Landau 1982; the FID of Heusel et al. 2017,
-arXiv:1706.08500, eq. 6): ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}).
+arXiv:1706.08500, Sec. 3): ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}).
 Computed in float64 NumPy with symmetric eigendecompositions only: Σ₁^{1/2} Σ₂ Σ₁^{1/2} is
 symmetric PSD, so its square-root trace is Σ √λᵢ — no complex sqrtm residue to discard.
 """
@@ -37,7 +37,7 @@ def energy_distance(x_ND: jax.Array, y_MD: jax.Array) -> jax.Array:
   if x_ND.ndim != 2 or y_MD.ndim != 2 or x_ND.shape[1] != y_MD.shape[1]:
     raise ValueError(f"energy_distance expects [N, D] and [M, D] samples, got {x_ND.shape} "
                      f"and {y_MD.shape}.")
-  # D² = 2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ — eq. (2.1) of Székely & Rizzo 2013
+  # D² = 2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ (Székely & Rizzo 2013)
   return (2.0 * _pairwise_mean_dist(x_ND, y_MD) - _pairwise_mean_dist(x_ND, x_ND)
           - _pairwise_mean_dist(y_MD, y_MD))
 
@@ -67,7 +67,7 @@ def _sqrt_psd(m_DD: np.ndarray) -> np.ndarray:
 
 def frechet_distance(mu1_D: np.ndarray, cov1_DD: np.ndarray, mu2_D: np.ndarray,
                      cov2_DD: np.ndarray) -> float:
-  """‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}) — eq. (6) of 1706.08500."""
+  """‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}) — the FID of 1706.08500."""
   mu1 = np.atleast_1d(np.asarray(mu1_D, np.float64))
   mu2 = np.atleast_1d(np.asarray(mu2_D, np.float64))
   c1 = np.atleast_2d(np.asarray(cov1_DD, np.float64))

@@ -7,7 +7,8 @@ Indexing convention (used by every module in genfm.diffusion): the paper's times
 t = 1, …, T and the arrays here are indexed by i = t − 1 ∈ {0, …, T−1}. So `betas[0]` is β_1,
 `alphas_cumprod[T-1]` is ᾱ_T and `alphas_cumprod[499]` is ᾱ_500. With the linear schedule
 this gives ᾱ_T = 4.036e-5 and ᾱ_500 = 0.07859; with the cosine schedule ᾱ_500 = 0.49384
-(these are the values quoted in the papers' tables, so they pin the convention).
+(the values pinned in shared/ANCHORS.md; the 0-based reading, ᾱ at index 500 = 0.07780,
+would not round to them, which is how they fix the convention).
 `alphas_cumprod_prev[i]` is ᾱ_{t−1}, with ᾱ_0 = 1.
 
 All tables are computed in float64 NumPy and stored as float32 jnp arrays: cumulative

@@ -28,7 +28,7 @@ def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class VPSDE:
-  """Variance preserving SDE: dx = −½β(t) x dt + √β(t) dw — eq. (32) of 2011.13456.
+  """Variance preserving SDE: dx = −½β(t) x dt + √β(t) dw — eq. (11) of 2011.13456.
 
   β(t) = β_min + t (β_max − β_min), the continuous limit of DDPM's linear schedule with
   N steps (β_i = β(i/N)/N, discretised in `discrete_betas`).
@@ -42,14 +42,14 @@ class VPSDE:
     return self.beta_min + t * (self.beta_max - self.beta_min)
 
   def log_mean_coeff(self, t: jax.Array) -> jax.Array:
-    # log m(t) = −½ ∫_0^t β(s) ds = −¼ t² (β_max − β_min) − ½ t β_min — eq. (33)
+    # log m(t) = −½ ∫_0^t β(s) ds = −¼ t² (β_max − β_min) − ½ t β_min — Appendix B
     return -0.25 * t ** 2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
   def mean_coeff(self, t: jax.Array) -> jax.Array:
     return jnp.exp(self.log_mean_coeff(t))
 
   def marginal_std(self, t: jax.Array) -> jax.Array:
-    # s(t)² = 1 − e^{−∫_0^t β} — eq. (33). expm1 keeps precision for small t.
+    # s(t)² = 1 − e^{−∫_0^t β} — Appendix B. expm1 keeps precision for small t.
     return jnp.sqrt(-jnp.expm1(2.0 * self.log_mean_coeff(t)))
 
   def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -68,13 +68,13 @@ class VPSDE:
 
 @dataclasses.dataclass(frozen=True)
 class SubVPSDE(VPSDE):
-  """sub-VP SDE: dx = −½β x dt + √(β(t)(1 − e^{−2∫_0^t β})) dw — eq. (34) of 2011.13456.
+  """sub-VP SDE: dx = −½β x dt + √(β(t)(1 − e^{−2∫_0^t β})) dw — eq. (17) of 2011.13456.
 
   Same mean as VP; the variance 1 − e^{−∫β} is bounded by the VP one at every t.
   """
 
   def marginal_std(self, t: jax.Array) -> jax.Array:
-    # s(t) = 1 − e^{−∫_0^t β(s) ds} (std, not variance) — eq. (34).
+    # s(t) = 1 − e^{−∫_0^t β(s) ds} (std, not variance) — Appendix B.
     return -jnp.expm1(2.0 * self.log_mean_coeff(t))
 
   def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -87,8 +87,8 @@ class SubVPSDE(VPSDE):
 class VESDE:
   """Variance exploding SDE: dx = σ(t) √(2 log(σ_max/σ_min)) dw, σ(t) = σ_min (σ_max/σ_min)^t.
 
-  Eq. (30) of 2011.13456 with σ(t)² as the noise scale. The perturbation kernel is
-  N(x_0, (σ(t)² − σ(0)²) I) (eq. 31). Note: the score_sde code uses std σ(t) instead,
+  Eq. (9) of 2011.13456 with σ(t) as in its Appendix C. The perturbation kernel is
+  N(x_0, (σ(t)² − σ(0)²) I) (Appendix B). Note: the score_sde code uses std σ(t) instead,
   i.e. it treats the data as already carrying σ_min noise; the difference is σ_min² = 1e-4
   in variance. We keep the paper's exact kernel so that the moments test holds exactly.
   """
@@ -105,7 +105,7 @@ class VESDE:
 
   def marginal_std(self, t: jax.Array) -> jax.Array:
     log_ratio = np.log(self.sigma_max / self.sigma_min)
-    # σ(t)² − σ_min² = σ_min² (e^{2 t log(σmax/σmin)} − 1), expm1 for small t — eq. (31)
+    # σ(t)² − σ_min² = σ_min² (e^{2 t log(σmax/σmin)} − 1), expm1 for small t — Appendix B
     return self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * t * log_ratio))
 
   def sde(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:

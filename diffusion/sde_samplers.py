@@ -1,7 +1,7 @@
 """Samplers for score SDEs: reverse-time Euler–Maruyama, predictor–corrector with Langevin
 correction, and the probability-flow ODE (Euler, Heun, adaptive RK45).
 
-Song et al. 2021, arXiv:2011.13456: reverse SDE (eq. 6), PC sampling (Algorithms 1–5,
+Song et al. 2021, arXiv:2011.13456: reverse SDE (eq. 6), PC sampling (Algorithm 1 and
 Appendix G), probability-flow ODE (eq. 13). score_fn(x [B, ...], t [B] float) → ∇ log p_t(x);
 time runs from sde.T down to `eps` (score networks are not trained at t = 0).
 """
@@ -44,7 +44,7 @@ def _check_steps(num_steps: int) -> None:
 
 
 def _langevin_alpha(sde: sde_lib.SDE, t: jax.Array) -> jax.Array:
-  """α_i of Algorithm 5: 1 − β_i for (sub-)VP with β_i = β(t)/N, 1 for VE."""
+  """α_i of Algorithms 4–5: 1 − β_i for (sub-)VP with β_i ≈ β(t)/N, 1 for VE."""
   if isinstance(sde, sde_lib.VPSDE):
     return 1.0 - sde.beta(t) / sde.N
   return jnp.ones_like(t)
@@ -52,7 +52,7 @@ def _langevin_alpha(sde: sde_lib.SDE, t: jax.Array) -> jax.Array:
 
 def langevin_correct(sde: sde_lib.SDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array,
                      key: jax.Array, snr: float, n_steps: int = 1) -> jax.Array:
-  """Annealed Langevin corrector, Algorithm 5 of 2011.13456 (Appendix G).
+  """Langevin corrector, Algorithms 4 (VE) and 5 (VP) of 2011.13456 (Appendix G).
 
   ε = 2 α (r ‖z‖ / ‖s_θ‖)², x ← x + ε s_θ + √(2ε) z, with r the signal-to-noise ratio.
   Norms are per example over all non-batch axes, then averaged over the batch (as in the
