@@ -21,12 +21,13 @@ from genfm.diffusion import gaussian
 from genfm.diffusion import schedules
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic", "logsnr")
 VARIANCES = ("beta", "beta_tilde")
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp")
 
 
-def timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:
+def timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform",
+              sched: schedules.Schedule | None = None) -> np.ndarray:
   """Increasing code indices τ_1 < … < τ_S of the sub-sequence used by DDIM (Sec. 4.2).
 
   "uniform": S points evenly spaced over [0, T−1], rounded, so the first step starts at
@@ -34,6 +35,9 @@ def timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> n
   T − T/S instead; at S = 10 that raises the η = 0 std on N(2, 0.5²) data from 0.362 to 0.374.)
   "quadratic": τ_i = ⌊(i · √(0.8 T)/(S−1))²⌋ as in the DDIM code (CIFAR10 setting);
   repeated indices are merged, so it can return fewer than S steps when S is large.
+  "logsnr": the indices closest to S values of λ_t = log(α_t/σ_t) evenly spaced from λ_T to
+  λ_1 (needs `sched`; the spacing DPM-Solver, arXiv:2206.00927 Sec. 3.3, recommends for
+  low-resolution data). Near t = 1 several targets can share an index; those are merged too.
   """
   if spacing not in SPACINGS:
     raise ValueError(f"Unknown step spacing {spacing!r}; valid choices: {', '.join(SPACINGS)}.")
@@ -41,6 +45,14 @@ def timesteps(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> n
     raise ValueError(f"num_steps must be an integer in [1, T={num_timesteps}], got {num_steps!r}.")
   if spacing == "uniform":
     return np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int32)
+  if spacing == "logsnr":
+    if sched is None or sched.num_timesteps != num_timesteps:
+      raise ValueError("spacing='logsnr' needs the schedule (sched=...) with T = num_timesteps.")
+    lab = np.asarray(sched.log_alphas_cumprod, np.float64)
+    lam = 0.5 * lab - 0.5 * np.log(-np.expm1(lab))          # λ_t, decreasing in t
+    target = np.linspace(lam[-1], lam[0], num_steps)
+    idx = np.searchsorted(-lam, -target)                    # first t with λ_t ≤ target
+    return np.unique(np.clip(idx, 0, num_timesteps - 1)).astype(np.int32)
   seq = (np.linspace(0, np.sqrt(num_timesteps * 0.8), num_steps) ** 2).astype(np.int64)
   return np.unique(seq).astype(np.int32)
 
@@ -136,7 +148,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
                 x_T: jax.Array | None = None) -> jax.Array:
   """Generalised DDIM sampling (η = 0 deterministic, η = 1 DDPM-like), 2010.02502."""
   gaussian.check_prediction_type(prediction_type)
-  seq = timesteps(sched.num_timesteps, num_steps, spacing)
+  seq = timesteps(sched.num_timesteps, num_steps, spacing, sched)
   init_key, key = jax.random.split(key)
   x = _init(init_key, shape, x_T)
   t, log_abar, log_abar_prev = _pairs(sched, seq)
@@ -154,7 +166,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
 
 def dpm_solver_pp_sample(model_fn: ModelFn, sched: schedules.Schedule,
                          shape: tuple[int, ...], num_steps: int = 20, order: int = 2,
-                         spacing: str = "uniform", prediction_type: str = "eps",
+                         spacing: str = "logsnr", prediction_type: str = "eps",
                          key: jax.Array | None = None,
                          x_T: jax.Array | None = None) -> jax.Array:
   """DPM-Solver++ multistep (order 1 or 2), data prediction — Algorithm 2 of 2211.01095.
@@ -164,11 +176,14 @@ def dpm_solver_pp_sample(model_fn: ModelFn, sched: schedules.Schedule,
     D_i = (1 + 1/(2 r_i)) x̂_0(t_{i−1}) − 1/(2 r_i) x̂_0(t_{i−2}),  r_i = h_{i−1}/h_i,
   with D_1 = x̂_0(t_0) (first order, which equals DDIM η = 0). The final step to σ = 0 is
   first order ("lower order final"): there h = ∞ and the update is exactly x = x̂_0.
+  Default spacing is "logsnr": with time-uniform steps on the linear schedule the last λ-steps
+  are ~5× longer than the previous ones (r ≈ 0.2) and the 2M extrapolation overshoots
+  (N(2, 0.5²) data, 10 steps: std 0.69 uniform vs 0.52 logsnr).
   """
   gaussian.check_prediction_type(prediction_type)
   if order not in (1, 2):
     raise ValueError(f"DPM-Solver++ order must be 1 or 2, got {order!r}.")
-  seq = timesteps(sched.num_timesteps, num_steps, spacing)
+  seq = timesteps(sched.num_timesteps, num_steps, spacing, sched)
   x = _init(jax.random.PRNGKey(0) if key is None else key, shape, x_T)
   t, log_abar, log_abar_prev = _pairs(sched, seq)
   n = len(seq)

@@ -56,6 +56,14 @@ def test_timesteps():
   assert quad[0] == 0 and np.all(np.diff(quad) > 0) and quad[-1] == 800
   assert np.all(np.diff(np.diff(quad)) >= 0)           # gaps grow: dense near t = 0
   np.testing.assert_array_equal(samplers.timesteps(T, T), np.arange(T))
+  # logsnr: λ_t = log(α_t/σ_t) of the chosen steps is close to evenly spaced.
+  seq = samplers.timesteps(T, 10, "logsnr", SCHED)
+  assert seq[0] == 0 and seq[-1] == T - 1 and np.all(np.diff(seq) > 0)
+  lab = np.asarray(SCHED.log_alphas_cumprod, np.float64)[seq]
+  gaps = np.diff(0.5 * lab - 0.5 * np.log(-np.expm1(lab)))
+  np.testing.assert_allclose(gaps[1:-1], np.mean(gaps), rtol=0.1)
+  with pytest.raises(ValueError, match="needs the schedule"):
+    samplers.timesteps(T, 10, "logsnr")
 
 
 def test_ddim_eta1_step_is_ddpm_posterior():
@@ -116,7 +124,8 @@ def test_dpm_solver_pp():
   """Order 1 is DDIM η=0 (Sec. 4 of 2211.01095); order 2 converges as h² to the exact
   Gaussian flow map A = σ_data / √Var(x_T), while DDIM converges as h."""
   for steps in (10, 50):
-    d1 = samplers.dpm_solver_pp_sample(MODEL, SCHED, (2, 1), num_steps=steps, order=1, x_T=X01)
+    d1 = samplers.dpm_solver_pp_sample(MODEL, SCHED, (2, 1), num_steps=steps, order=1, x_T=X01,
+                                       spacing="uniform")
     ddim = samplers.ddim_sample(MODEL, SCHED, jax.random.PRNGKey(0), (2, 1), num_steps=steps,
                                 x_T=X01)
     np.testing.assert_allclose(d1, ddim, atol=1e-5)
@@ -126,11 +135,17 @@ def test_dpm_solver_pp():
   for order in (1, 2):
     for steps in (50, 100):
       out = samplers.dpm_solver_pp_sample(MODEL, SCHED, (2, 1), num_steps=steps, order=order,
-                                          x_T=X01)
+                                          x_T=X01, spacing="uniform")
       err[order, steps] = abs(_affine(out)[1] - a_exact)
   assert 1.6 < err[1, 50] / err[1, 100] < 2.4      # first order
   assert 3.2 < err[2, 50] / err[2, 100] < 4.8      # second order
   assert err[2, 100] < 0.01 and err[2, 100] < err[1, 100]
+  # λ-uniform steps (the default) fix the 2M overshoot of time-uniform steps at 10 steps.
+  uni = samplers.dpm_solver_pp_sample(MODEL, SCHED, (2, 1), num_steps=10, x_T=X01,
+                                      spacing="uniform")
+  lam = samplers.dpm_solver_pp_sample(MODEL, SCHED, (2, 1), num_steps=10, x_T=X01)
+  assert abs(_affine(uni)[1] - a_exact) > 0.15
+  assert abs(_affine(lam)[1] - a_exact) < 0.025
 
 
 def test_shapes_under_eval_shape():
