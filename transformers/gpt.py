@@ -134,7 +134,8 @@ def flops_per_token(cfg: GPTConfig) -> int:
   return 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.head_size * cfg.context_len
 
 
-def _attention_fn(impl: str):
+@functools.cache  # one object per choice: it is static module state, so a fresh partial per
+def _attention_fn(impl: str):  # model would give each model its own jit cache entry
   if impl == "pallas":  # imported lazily: the kernels area is optional for CPU users
     from genfm.kernels import flash_attention  # pylint: disable=g-import-not-at-top
     return functools.partial(flash_attention.dot_product_attention, implementation="pallas")
