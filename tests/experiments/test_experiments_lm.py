@@ -270,3 +270,18 @@ def test_launcher_reports_a_bad_prompt_in_one_line(tmp_path):
   proc = _launch("shakespeare_char.py:smoke", tmp_path, "--config.sample_prompt=HAMLET§")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "sample_prompt" in proc.stderr and "'§'" in proc.stderr
+
+
+def test_bench_fused_decode_equals_sampling_generate():
+  from genfm.experiments import bench_lm
+  from genfm.transformers import gpt, sampling
+  cfg = gpt.GPTConfig(vocab_size=11, context_len=12, num_layers=1, num_heads=2, d_model=16)
+  model = gpt.GPT(cfg, rngs=nnx.Rngs(3))
+  model.eval()
+  prompt_BT = jax.random.randint(jax.random.key(4), (2, 4), 0, 11)
+  want = sampling.generate(model, prompt_BT, 8, use_cache=False)[0]
+  graphdef, state = nnx.split(model)
+  for use_cache in (True, False):
+    got = bench_lm.fused_greedy(graphdef, state, prompt_BT, 8, use_cache)
+    chex.assert_shape(got, (2, 12))
+    np.testing.assert_array_equal(got, want)
