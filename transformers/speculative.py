@@ -47,7 +47,7 @@ def _categorical(key: Array, probs_XV: Array) -> Array:
 
 
 def _round(draft, target, buf_BT, n_B, key, *, gamma: int, temperature: float, t_end: int):
-  """One speculative round for every row with n_B < t_end; returns (buf, n, accepted_B)."""
+  """One round for every row with n_B < t_end; returns (buf, n, accepted [B], active [B])."""
   B, T = buf_BT.shape
   rows_B = jnp.arange(B)
   pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -90,7 +90,8 @@ def _round(draft, target, buf_BT, n_B, key, *, gamma: int, temperature: float, t
   resid_BV = jnp.where(mass_B1 > 0, resid_BV / jnp.where(mass_B1 > 0, mass_B1, 1.0), p_m_BV)
   t_B = _categorical(k_final, resid_BV)
   buf_BT = buf_BT.at[rows_B, n_B + m_B].set(jnp.where(active_B, t_B, 0), mode="drop")
-  # Finished rows: undo nothing needed (their writes were dropped or land past t_end).
+  # Drafts past the accepted ones stay in the buffer beyond n: causal masking hides them and the
+  # next round overwrites them.
   n_B = jnp.where(active_B, n_B + m_B + 1, n_B)
   return buf_BT, n_B, jnp.where(active_B, m_B, 0), active_B
 

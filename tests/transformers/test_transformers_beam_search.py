@@ -18,8 +18,8 @@ KEY = functools.partial(jax.random.key, impl="rbg")
 
 # init_std 0.5 (not GPT-2's 0.02) makes the toy model's next-token distributions far from
 # uniform, so greedy, beam and exhaustive search really differ.
-TOY = gpt.GPTConfig(vocab_size=5, context_len=8, num_layers=2, d_model=16, num_heads=4,
-                    positions="rope", init_std=0.5)
+TOY = gpt.GPTConfig(vocab_size=5, context_len=8, num_layers=1, d_model=16, num_heads=4,
+                    num_kv_heads=2, positions="rope", init_std=0.5)
 
 
 def _model(cfg=TOY, seed=0):
@@ -37,19 +37,24 @@ def _sequence_logprob(model, tokens_XT, T0):
   return sum(logp[np.arange(X), t - 1, toks[:, t]] for t in range(T0, T))
 
 
-def test_shapes_and_prompt_kept():
-  model = _model()
+def test_shapes_and_scores_equal_recomputed_log_probs():
+  model = _model(seed=4)
   prompt = jnp.array([[1, 2], [3, 0]])
   tokens, scores = beam_search.beam_search(model, prompt, 3, beam_width=4)
   chex.assert_shape(tokens, (2, 4, 5))
   chex.assert_shape(scores, (2, 4))
   np.testing.assert_array_equal(tokens[:, :, :2], np.broadcast_to(prompt[:, None], (2, 4, 2)))
   assert (np.diff(np.asarray(scores), axis=1) <= 0).all()  # best first
+  # Each beam's score is its summed log-probability, recomputed without the cache.
+  recomputed = _sequence_logprob(model, tokens.reshape(8, 5), 2).reshape(2, 4)
+  np.testing.assert_allclose(scores, recomputed, atol=1e-5)
+  for b in range(2):
+    assert len({tuple(r) for r in np.asarray(tokens[b])}) == 4  # distinct hypotheses
 
 
 def test_width_one_is_greedy():
   model = _model(seed=1)
-  prompt = jax.random.randint(KEY(2), (3, 2), 0, TOY.vocab_size)
+  prompt = jax.random.randint(KEY(2), (2, 2), 0, TOY.vocab_size)
   tokens, _ = beam_search.beam_search(model, prompt, 6, beam_width=1)
   greedy, _ = sampling.generate(model, prompt, 6)
   np.testing.assert_array_equal(tokens[:, 0], greedy)
@@ -58,7 +63,7 @@ def test_width_one_is_greedy():
 def test_full_width_equals_brute_force_enumeration():
   # V = 5, 3 steps: width 125 = V^3 keeps every continuation, so the beams are all 125
   # sequences in the order of their exact log-probabilities.
-  model = _model(seed=3)
+  model = _model(seed=11)  # a seed where greedy is not optimal (checked at the end)
   prompt = jnp.array([[4, 1], [2, 2]])
   n, V = 3, TOY.vocab_size
   tokens, scores = beam_search.beam_search(model, prompt, n, beam_width=V**n)
@@ -71,20 +76,10 @@ def test_full_width_equals_brute_force_enumeration():
     np.testing.assert_allclose(scores[b, 0], brute[best], atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores[b]), np.sort(brute)[::-1], atol=1e-5)
     assert len({tuple(r) for r in np.asarray(tokens[b])}) == V**n  # every sequence once
-  # And exhaustive search beats greedy here (else the test would not separate the two).
+  # Exhaustive search strictly beats greedy on one prompt here, so the test separates the two.
   greedy, _ = sampling.generate(model, prompt, n)
-  greedy_lp = _sequence_logprob(model, greedy, 2)
-  assert (np.asarray(scores[:, 0]) >= greedy_lp - 1e-5).all()
-
-
-def test_scores_equal_recomputed_log_probs():
-  model = _model(gpt.GPTConfig(vocab_size=9, context_len=10, num_layers=2, d_model=16,
-                               num_heads=4, num_kv_heads=2, init_std=0.3), seed=4)
-  prompt = jax.random.randint(KEY(5), (2, 3), 0, 9)
-  tokens, scores = beam_search.beam_search(model, prompt, 5, beam_width=3)
-  recomputed = _sequence_logprob(model, tokens.reshape(6, 8), 3).reshape(2, 3)
-  np.testing.assert_allclose(scores, recomputed, atol=1e-5)
-  assert len({tuple(r) for r in np.asarray(tokens[0])}) == 3  # distinct hypotheses
+  gain = np.asarray(scores[:, 0]) - _sequence_logprob(model, greedy, 2)
+  assert (gain >= -1e-5).all() and gain.max() > 0.1, gain
 
 
 def test_length_normalization_does_not_reorder_equal_length_beams():
