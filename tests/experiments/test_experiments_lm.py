@@ -134,9 +134,11 @@ def _loop_eval(task, model, batch_size):
 
 def _numpy_ce(model, windows_WT1):
   """Σ −log softmax(logits)[target] in float64, one window at a time."""
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))  # one window: [1, T] → [1, T, V]
   total = 0.0
   for w in windows_WT1:
-    logits_TV = np.asarray(model(jnp.asarray(w[None, :-1])), np.float64)[0]
+    logits_TV = np.asarray(forward(state, jnp.asarray(w[None, :-1])), np.float64)[0]
     z_TV = logits_TV - logits_TV.max(-1, keepdims=True)
     logp_TV = z_TV - np.log(np.exp(z_TV).sum(-1, keepdims=True))
     total -= logp_TV[np.arange(len(w) - 1), w[1:]].sum()
@@ -172,8 +174,8 @@ def test_moe_loss_adds_weighted_balance_and_z_losses(corpus, tmp_path):
   task.config.load_balance_weight, task.config.router_z_weight = 0.5, 0.25
   model = task.build_model(nnx.Rngs(0))
   batch = data.WindowSource(task.train_tokens, 16).get_batch(np.arange(0, 80, 10))
-  loss, metrics = task.loss(model, batch, jax.random.key(0))
-  logits_BTV, aux = model(jnp.asarray(batch["inputs"]), return_aux=True)
+  loss, metrics = nnx.jit(lambda m, b: task.loss(m, b, None))(model, batch)
+  logits_BTV, aux = nnx.jit(lambda m, x: m(x, return_aux=True))(model, batch["inputs"])
   # Routing capacity depends on the tokens routed together, so the reference CE is taken from
   # the same batched forward pass, in float64.
   z_BTV = np.asarray(logits_BTV, np.float64)
