@@ -4,6 +4,13 @@
 
 Augmentation (random crop after zero-padding, horizontal flip) runs on device inside the jitted
 loss, keyed by the step's PRNG key, so it is reproducible on resume.
+
+`config.compute_dtype = "bfloat16"` trains in mixed precision (Micikevicius et al. 1710.03740):
+the loop keeps fp32 master weights and optimizer state; the loss casts a bf16 copy of the params
+and the input (§3.1), so forward and backward run in bf16 and the gradient arrives in fp32 through
+the cast; logits go back to fp32 before the softmax cross-entropy (§3.3). bf16 has fp32's 8-bit
+exponent, so it needs no loss scaling (§3.2); fp16 would, and that lives in the optimizer step the
+shared loop owns — `genfm.foundations.mixed_precision` has the dynamic loss scaler and its test.
 """
 
 import jax
@@ -15,10 +22,12 @@ from genfm.experiments import data
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch, Task
 from genfm.foundations.cnn import LeNet
-from genfm.foundations.mlp import MLP
+from genfm.foundations.mixed_precision import cast_floats
+from genfm.foundations.mlp import MLP, to_float
 from genfm.foundations.resnet import ResNet
 
 MODELS = ("mlp", "lenet", "resnet")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def random_crop_flip(key: jax.Array, x_BHWC: jax.Array, pad: int, flip: bool) -> jax.Array:
@@ -50,6 +59,9 @@ class ClassificationTask(Task):
     self.image_shape, self.num_classes = tuple(info.image_shape), info.num_classes
     if config.model.name not in MODELS:
       raise unknown_choice("config.model.name", config.model.name, MODELS)
+    self.compute_dtype = config.get("compute_dtype", "float32")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise unknown_choice("config.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
   def train_source(self):
     return self._train
@@ -70,18 +82,30 @@ class ClassificationTask(Task):
     except TypeError as e:                       # an unknown key under config.model
       raise ConfigError(f"config.model for {name!r}: {e}") from None
 
+  def _logits(self, model, x_BHWC: jax.Array) -> jax.Array:
+    """fp32 logits [B, C]; the network itself runs in `config.compute_dtype`."""
+    if self.compute_dtype == "float32":
+      return model(x_BHWC)
+    dtype = COMPUTE_DTYPES[self.compute_dtype]
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    low = nnx.merge(graphdef, cast_floats(params, dtype), rest)   # bf16 copy of the fp32 master
+    logits_BC = low(to_float(x_BHWC).astype(dtype))
+    # BatchNorm statistics (kept fp32) and dropout RNG counts advanced on the copy: hand them back.
+    nnx.update(model, nnx.split(low, nnx.Param, ...)[2])
+    return logits_BC.astype(jnp.float32)                # fp32 softmax CE (§3.3 of 1710.03740)
+
   def loss(self, model, batch: Batch, key: jax.Array):
     x = batch["image"]
     aug = self.config.get("augment", None)
     if aug is not None and aug.get("crop_pad", 0) > 0:
       x = random_crop_flip(key, x, aug.crop_pad, aug.get("flip", False))
-    logits_BC = model(x)
+    logits_BC = self._logits(model, x)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits_BC, batch["label"]).mean()
     accuracy = (logits_BC.argmax(-1) == batch["label"]).mean()
     return loss, {"accuracy": accuracy}
 
   def eval_metrics(self, model, batch: Batch):
-    logits_BC = model(batch["image"]).astype(jnp.float32)
+    logits_BC = self._logits(model, batch["image"]).astype(jnp.float32)
     mask_B = batch["mask"]
     ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, batch["label"])
     correct_B = (logits_BC.argmax(-1) == batch["label"]).astype(jnp.float32)
