@@ -36,7 +36,7 @@ def _expand(scores_BW: Array, logits_BWV: Array, beam_width: int):
 
 
 def _gather_beams(x, parent_BW: Array):
-  """Reorder an array whose leading axis is B·W (or [B, W, ...]) by parent beam."""
+  """Reorder an array whose leading axis is the B·W flat rows so row (b, w) holds its parent."""
   B, W = parent_BW.shape
   rows_X = (jnp.arange(B)[:, None] * W + parent_BW).reshape(-1)  # flat row of each parent
   return x[rows_X]
