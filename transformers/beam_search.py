@@ -89,7 +89,7 @@ def beam_search(model: Any, prompt_BT: Array, max_new_tokens: int, *,
                      f"context_len={cfg.context_len}")
   V = cfg.vocab_size
   reachable = V ** max_new_tokens  # distinct continuations; more beams would be -inf copies
-  if not 1 <= beam_width <= reachable:
+  if not isinstance(beam_width, int) or not 1 <= beam_width <= reachable:
     raise ValueError(f"beam_width must be in 1..{min(reachable, 10**9)} (V^max_new_tokens = "
                      f"{V}^{max_new_tokens}), got {beam_width}")
   if int(jnp.max(prompt_BT)) >= V or int(jnp.min(prompt_BT)) < 0:

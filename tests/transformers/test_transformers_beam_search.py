@@ -95,8 +95,9 @@ def test_errors():
   prompt = jnp.zeros((1, 2), jnp.int32)
   with pytest.raises(ValueError, match=r"beam_width must be in 1\.\.25"):
     beam_search.beam_search(model, prompt, 2, beam_width=26)
-  with pytest.raises(ValueError, match="beam_width must be in"):
-    beam_search.beam_search(model, prompt, 2, beam_width=0)
+  for w in (0, 2.5):
+    with pytest.raises(ValueError, match="beam_width must be in"):
+      beam_search.beam_search(model, prompt, 2, beam_width=w)
   with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
     beam_search.beam_search(model, prompt, 0, beam_width=1)
   with pytest.raises(ValueError, match="exceeds context_len=8"):
