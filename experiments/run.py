@@ -10,6 +10,7 @@ line saying what to do and exit with status 2.
 """
 
 import logging as py_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -71,10 +72,21 @@ def _config_keys(argv) -> list[str]:
 
 def _parse_flags(argv):
   """absl flag parsing, with a bad `--config.key=value` override reported in one line."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is not None and not os.path.isfile(spec.partition(":")[0]):
+    print(f"genfm: error: no config file {spec.partition(':')[0]!r}; configs live in "
+          "experiments/configs/ (run from the repo root, or give an absolute path)",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f"genfm: error: {str(e).strip().rstrip('.')}. See --helpshort.", file=sys.stderr)
+    # ml_collections embeds the config file's own traceback in the message: keep its last line.
+    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+    flag = lines[0].split(":", 1)[0] if lines else "flags"
+    last = lines[-1].rstrip(".") if lines else type(e).__name__
+    msg = last if last.startswith(flag) else f"{flag}: {last}"
+    print(f"genfm: error: {msg}. See --helpshort.", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]

@@ -127,6 +127,7 @@ def test_unknown_choices_name_the_valid_ones(tmp_path):
   assert_one_line_error(launch("fashion_mlp.py:smoke", tmp_path / "c", "--config.dataset=imagenet"),
                         "'imagenet'", "fashion_mnist")
   assert_one_line_error(launch("fashion_mlp.py:bogus", tmp_path / "d"), "'bogus'", "smoke")
+  assert_one_line_error(launch("no_such_config.py", tmp_path / "e"), "no config file")
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
