@@ -22,6 +22,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from genfm.transformers import sampling
+
 Array = jax.Array
 
 
@@ -78,22 +80,14 @@ def beam_search(model: Any, prompt_BT: Array, max_new_tokens: int, *,
   Beam width 1 is greedy decoding; width V^n is exhaustive search.
   """
   cfg = model.cfg
-  if prompt_BT.ndim != 2 or prompt_BT.shape[1] < 1:
-    raise ValueError(f"prompt must be [B, T0] with T0 >= 1, got shape {prompt_BT.shape}")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  B, T0 = prompt_BT.shape
-  total = T0 + max_new_tokens
-  if total > cfg.context_len:
-    raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
-                     f"context_len={cfg.context_len}")
   V = cfg.vocab_size
+  B, T0 = sampling.check_prompt(prompt_BT, max_new_tokens, vocab_size=V,
+                                context_len=cfg.context_len)
+  total = T0 + max_new_tokens
   reachable = V ** max_new_tokens  # distinct continuations; more beams would be -inf copies
   if not isinstance(beam_width, int) or not 1 <= beam_width <= reachable:
     raise ValueError(f"beam_width must be in 1..{min(reachable, 10**9)} (V^max_new_tokens = "
                      f"{V}^{max_new_tokens}), got {beam_width}")
-  if int(jnp.max(prompt_BT)) >= V or int(jnp.min(prompt_BT)) < 0:
-    raise ValueError(f"prompt holds token ids outside 0..{V - 1}")
   prompt_BT = prompt_BT.astype(jnp.int32)
 
   caches = model.init_cache(B, total)

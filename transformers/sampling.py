@@ -79,6 +79,26 @@ def _forward_cached(model, tokens_BT, positions_BT, caches):
   return model(tokens_BT, positions_BT=positions_BT, caches=caches)
 
 
+
+def check_prompt(prompt_BT: Array, max_new_tokens: int, *, vocab_size: int, context_len: int,
+                 extra: int = 0, extra_text: str = "") -> tuple[int, int]:
+  """Validate a [B, T0] prompt of token ids for decoding `max_new_tokens` more; returns (B, T0).
+
+  `extra` positions (named by `extra_text`, e.g. " + gamma (4) - 1") must also fit the context.
+  """
+  if prompt_BT.ndim != 2 or prompt_BT.shape[1] < 1:
+    raise ValueError(f"prompt must be [B, T0] with T0 >= 1, got shape {prompt_BT.shape}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  B, T0 = prompt_BT.shape
+  total = T0 + max_new_tokens + extra
+  if total > context_len:
+    raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}){extra_text} = {total} "
+                     f"exceeds context_len={context_len}")
+  if int(jnp.max(prompt_BT)) >= vocab_size or int(jnp.min(prompt_BT)) < 0:
+    raise ValueError(f"prompt holds token ids outside 0..{vocab_size - 1}")
+  return B, T0
+
 def generate(model: Any, prompt_BT: Array, max_new_tokens: int, *, key: Array | None = None,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              use_cache: bool = True) -> tuple[Array, Array]:
@@ -90,17 +110,9 @@ def generate(model: Any, prompt_BT: Array, max_new_tokens: int, *, key: Array | 
   buffer, the reference the cache must match. A dropout model should be in eval mode.
   """
   cfg = model.cfg
-  if prompt_BT.ndim != 2 or prompt_BT.shape[1] < 1:
-    raise ValueError(f"prompt must be [B, T0] with T0 >= 1, got shape {prompt_BT.shape}")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  B, T0 = prompt_BT.shape
+  B, T0 = check_prompt(prompt_BT, max_new_tokens, vocab_size=cfg.vocab_size,
+                       context_len=cfg.context_len)
   total = T0 + max_new_tokens
-  if total > cfg.context_len:
-    raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
-                     f"context_len={cfg.context_len}")
-  if int(jnp.max(prompt_BT)) >= cfg.vocab_size or int(jnp.min(prompt_BT)) < 0:
-    raise ValueError(f"prompt holds token ids outside 0..{cfg.vocab_size - 1}")
   check_sampling_params(temperature, top_k, top_p, cfg.vocab_size)
   if temperature > 0.0 and key is None:
     raise ValueError("sampling with temperature > 0 needs a PRNG key")

@@ -30,6 +30,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from genfm.transformers import sampling
+
 Array = jax.Array
 
 
@@ -120,20 +122,13 @@ def speculative_generate(target: Any, draft: Any, prompt_BT: Array, max_new_toke
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
   if temperature > 0.0 and key is None:
     raise ValueError("sampling with temperature > 0 needs a PRNG key")
-  if prompt_BT.ndim != 2 or prompt_BT.shape[1] < 1:
-    raise ValueError(f"prompt must be [B, T0] with T0 >= 1, got shape {prompt_BT.shape}")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  B, T0 = prompt_BT.shape
+  V = target.cfg.vocab_size
+  B, T0 = sampling.check_prompt(
+      prompt_BT, max_new_tokens, vocab_size=V,
+      context_len=min(target.cfg.context_len, draft.cfg.context_len),
+      extra=gamma - 1, extra_text=f" + gamma ({gamma}) - 1")
   t_end = T0 + max_new_tokens
   T = t_end + gamma - 1
-  ctx = min(target.cfg.context_len, draft.cfg.context_len)
-  if T > ctx:
-    raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) + gamma ({gamma}) - 1 "
-                     f"= {T} exceeds context_len={ctx}")
-  V = target.cfg.vocab_size
-  if int(jnp.max(prompt_BT)) >= V or int(jnp.min(prompt_BT)) < 0:
-    raise ValueError(f"prompt holds token ids outside 0..{V - 1}")
   key = jax.random.key(0) if key is None else key  # unused at temperature 0
   buf_BT = jnp.zeros((B, T), jnp.int32).at[:, :T0].set(prompt_BT.astype(jnp.int32))
   tokens, accepted, rounds = _run(target, draft, buf_BT, key, t0=T0, gamma=gamma,
