@@ -2,7 +2,10 @@
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/toy2d_ddpm.py:moons --workdir=runs/toy2d_ddpm_moons
           (variants :moons, :eight_gaussians, :swiss_roll, :smoke; "" = :moons)
-Hardware: CPU, 2 cores (shared and loaded, so times are pessimistic).   Run time: see below.
+Hardware: CPU, 2 cores (shared, load ~10, so times are pessimistic).   Run time: 2–4 min
+          (10k steps, 100–150 steps/s under load; two evals with DDPM-1000 sampling).
+Measured (energy distance / floor, n = 2000): moons 0.0026 / 0.0028 (ratio 0.93), eight_gaussians
+          0.0075 / 0.0059 (1.27), swiss_roll 0.0044 / 0.0028 (1.56).
 Expect:   energy distance of 2000 DDPM-1000 samples to 2000 held-out points within 2× the
           data-vs-data floor measured in the same run (eval metric `energy_ratio` ≤ 2).
           `:smoke` (moons, 2000 steps, DPM-Solver++ 20 steps, ~20 s CPU): energy_distance
