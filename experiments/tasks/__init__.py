@@ -9,6 +9,8 @@ TASKS = {
     "classify": "genfm.experiments.tasks.classify:ClassificationTask",
     "lm": "genfm.experiments.tasks.lm:LanguageModelTask",
     "diffusion2d": "genfm.experiments.tasks.diffusion2d:Diffusion2DTask",
+    "diffusion_image": "genfm.experiments.tasks.diffusion_image:DiffusionImageTask",
+    "regression": "genfm.experiments.tasks.regression:RegressionTask",
 }
 
 

@@ -21,12 +21,14 @@ from flax import nnx
 from genfm.experiments import data
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch, Task
+from genfm.foundations import conv as scratch_conv
 from genfm.foundations.cnn import LeNet
 from genfm.foundations.mixed_precision import cast_floats
 from genfm.foundations.mlp import MLP, to_float
+from genfm.foundations.residual import DeepNet
 from genfm.foundations.resnet import ResNet
 
-MODELS = ("mlp", "lenet", "resnet")
+MODELS = ("mlp", "lenet", "resnet", "scratch_cnn", "deep_mlp")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -46,8 +48,45 @@ def random_crop_flip(key: jax.Array, x_BHWC: jax.Array, pad: int, flip: bool) ->
   return x_BHWC
 
 
+class ScratchCNN(nnx.Module):
+  """LeNet-shaped CNN built only from `genfm.foundations.conv` (sum over the kernel window, pooling
+  over window offsets): [conv K×K 'SAME' → ReLU → max-pool 2] per channel width → FC → ReLU → FC."""
+
+  def __init__(self, image_shape, num_classes: int, channels=(16, 32), hidden: int = 128,
+               kernel_size: int = 3, *, rngs: nnx.Rngs):
+    h, w, c = image_shape
+    widths = (c, *channels)
+    self.convs = nnx.List([scratch_conv.Conv2D(a, b, kernel_size, padding="SAME", rngs=rngs)
+                           for a, b in zip(widths[:-1], widths[1:])])
+    for _ in channels:                                     # each 2×2 pool floors H and W by 2
+      h, w = h // 2, w // 2
+    self.fc = nnx.Linear(h * w * channels[-1], hidden, rngs=rngs)
+    self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    x = to_float(x_BHWC)
+    for conv in self.convs:
+      x = scratch_conv.max_pool2d(jax.nn.relu(conv(x)), 2)   # [B, H/2, W/2, c_l]
+    return self.head(jax.nn.relu(self.fc(x.reshape(x.shape[0], -1))))  # [B, C] logits
+
+
+class DeepMLP(nnx.Module):
+  """flatten → Linear(P, D) → `foundations.residual.DeepNet` (depth square layers, plain or with
+  identity shortcuts, eq. (1) of 1512.03385) → Linear(D, C): the residual-vs-plain experiment."""
+
+  def __init__(self, in_features: int, num_classes: int, width: int = 128, depth: int = 20, *,
+               residual: bool, activation: str = "sigmoid", rngs: nnx.Rngs):
+    self.stem = nnx.Linear(in_features, width, rngs=rngs)
+    self.body = DeepNet(width, depth, residual=residual, activation=activation, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h_BD = self.stem(to_float(x).reshape(x.shape[0], -1))
+    return self.head(self.body(h_BD))                        # [B, C] logits
+
+
 class ClassificationTask(Task):
-  """`config.dataset` images → `config.model.name` ∈ {mlp, lenet, resnet} → softmax CE."""
+  """`config.dataset` images → `config.model.name` (one of `MODELS`) → softmax CE."""
 
   def __init__(self, config):
     super().__init__(config)
@@ -74,10 +113,10 @@ class ClassificationTask(Task):
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     name = self.config.model.name
     try:
-      if name == "mlp":
+      if name in ("mlp", "deep_mlp"):
         h, w, c = self.image_shape
-        return MLP(h * w * c, self.num_classes, **kwargs, rngs=rngs)
-      cls = LeNet if name == "lenet" else ResNet
+        return (MLP if name == "mlp" else DeepMLP)(h * w * c, self.num_classes, **kwargs, rngs=rngs)
+      cls = {"lenet": LeNet, "resnet": ResNet, "scratch_cnn": ScratchCNN}[name]
       return cls(self.image_shape, self.num_classes, **kwargs, rngs=rngs)
     except TypeError as e:                       # an unknown key under config.model
       raise ConfigError(f"config.model for {name!r}: {e}") from None
