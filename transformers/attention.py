@@ -172,7 +172,8 @@ class MultiHeadAttention(nnx.Module):
   `rope` (a callable (x_BTNH, positions_BT) -> x_BTNH, e.g. `positions.apply_rope`) rotates q
   and k; `bias` (e.g. ALiBi) is added to the logits. `cache` is any object with
   `update(k_BTKH, v_BTKH, positions_BT) -> (k_BSKH, v_BSKH, mask_B1TS, new_cache)` (see
-  `kv_cache.KVCache`); with a cache the call returns (out, new_cache).
+  `kv_cache.KVCache`); with a cache the call returns (out, new_cache). `dtype` is the compute
+  dtype of the projections (None: the promoted input/param dtype); parameters stay fp32.
   """
 
   def __init__(
@@ -186,6 +187,7 @@ class MultiHeadAttention(nnx.Module):
       attention_fn: AttentionFn = dot_product_attention,
       kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
       out_kernel_init: nnx.Initializer | None = None,
+      dtype: jnp.dtype | None = None,
       rngs: nnx.Rngs,
   ):
     K = num_heads if num_kv_heads is None else num_kv_heads
@@ -203,7 +205,7 @@ class MultiHeadAttention(nnx.Module):
     self.attention_fn = attention_fn
 
     def proj(spec, kernel_shape, bias_shape, init):
-      return nnx.Einsum(spec, kernel_shape, bias_shape if use_bias else None,
+      return nnx.Einsum(spec, kernel_shape, bias_shape if use_bias else None, dtype=dtype,
                         kernel_init=init, rngs=rngs)
 
     self.q_proj = proj("BTD,DNH->BTNH", (D, N, H), (N, H), kernel_init)

@@ -1,8 +1,11 @@
 """Position-wise feed-forward networks: the GELU MLP (1706.03762 sec. 3.3 with GELU, Hendrycks &
 Gimpel arXiv:1606.08415, as in GPT-2) and SwiGLU (Shazeer 2020, arXiv:2002.05202)."""
 
+import functools
+
 from flax import nnx
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 FFNS = ("gelu", "swiglu")
@@ -16,9 +19,11 @@ class GeluMLP(nnx.Module):
 
   def __init__(self, d_model: int, d_ff: int, *, use_bias: bool = True,
                kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
-               out_kernel_init: nnx.Initializer | None = None, rngs: nnx.Rngs):
-    self.up = nnx.Linear(d_model, d_ff, use_bias=use_bias, kernel_init=kernel_init, rngs=rngs)
-    self.down = nnx.Linear(d_ff, d_model, use_bias=use_bias,
+               out_kernel_init: nnx.Initializer | None = None, dtype: jnp.dtype | None = None,
+               rngs: nnx.Rngs):
+    self.up = nnx.Linear(d_model, d_ff, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                         rngs=rngs)
+    self.down = nnx.Linear(d_ff, d_model, use_bias=use_bias, dtype=dtype,
                            kernel_init=out_kernel_init or kernel_init, rngs=rngs)
 
   def __call__(self, x_BTD: Array) -> Array:
@@ -34,11 +39,12 @@ class SwiGLU(nnx.Module):
 
   def __init__(self, d_model: int, d_ff: int, *,
                kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
-               out_kernel_init: nnx.Initializer | None = None, rngs: nnx.Rngs):
-    self.gate = nnx.Linear(d_model, d_ff, use_bias=False, kernel_init=kernel_init, rngs=rngs)
-    self.up = nnx.Linear(d_model, d_ff, use_bias=False, kernel_init=kernel_init, rngs=rngs)
-    self.down = nnx.Linear(d_ff, d_model, use_bias=False,
-                           kernel_init=out_kernel_init or kernel_init, rngs=rngs)
+               out_kernel_init: nnx.Initializer | None = None, dtype: jnp.dtype | None = None,
+               rngs: nnx.Rngs):
+    linear = functools.partial(nnx.Linear, use_bias=False, dtype=dtype, rngs=rngs)
+    self.gate = linear(d_model, d_ff, kernel_init=kernel_init)
+    self.up = linear(d_model, d_ff, kernel_init=kernel_init)
+    self.down = linear(d_ff, d_model, kernel_init=out_kernel_init or kernel_init)
 
   def __call__(self, x_BTD: Array) -> Array:
     h_BTF = jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD)  # Swish₁ = SiLU: x·σ(x)
@@ -47,12 +53,14 @@ class SwiGLU(nnx.Module):
 
 def make_ffn(kind: str, d_model: int, d_ff: int, *, use_bias: bool = True,
              kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
-             out_kernel_init: nnx.Initializer | None = None, rngs: nnx.Rngs) -> nnx.Module:
-  """`kind` in FFNS; `use_bias` applies to the GELU MLP only (SwiGLU has none, per the paper)."""
+             out_kernel_init: nnx.Initializer | None = None, dtype: jnp.dtype | None = None,
+             rngs: nnx.Rngs) -> nnx.Module:
+  """`kind` in FFNS; `use_bias` applies to the GELU MLP only (SwiGLU has none, per the paper).
+  `dtype` is the compute dtype of the matmuls (None: promoted input/param dtype)."""
   if kind == "gelu":
     return GeluMLP(d_model, d_ff, use_bias=use_bias, kernel_init=kernel_init,
-                   out_kernel_init=out_kernel_init, rngs=rngs)
+                   out_kernel_init=out_kernel_init, dtype=dtype, rngs=rngs)
   if kind == "swiglu":
     return SwiGLU(d_model, d_ff, kernel_init=kernel_init, out_kernel_init=out_kernel_init,
-                  rngs=rngs)
+                  dtype=dtype, rngs=rngs)
   raise ValueError(f"unknown ffn {kind!r}; valid choices: {FFNS}")

@@ -21,6 +21,7 @@ from genfm.transformers import attention, block, ffn, kv_cache, moe, norms, posi
 Array = jax.Array
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 ATTENTION_IMPLS = ("reference", "xla", "cudnn", "pallas")
+DTYPES = ("float32", "bfloat16")
 
 
 def _check_choice(what: str, got, valid) -> None:
@@ -56,8 +57,12 @@ class GPTConfig:
   tie_embeddings: bool = True
   dropout: float = 0.0
   init_std: float = 0.02
+  # Compute dtype of activations and matmuls. Parameters, optimizer state, norms' statistics,
+  # attention softmax, router and logits stay fp32 (mixed precision, 1710.03740).
+  dtype: str = "float32"
 
   def __post_init__(self):
+    _check_choice("dtype", self.dtype, DTYPES)
     _check_choice("positions", self.positions, POSITIONS)
     _check_choice("norm", self.norm, norms.NORMS)
     _check_choice("norm_placement", self.norm_placement, block.PLACEMENTS)
@@ -82,6 +87,10 @@ class GPTConfig:
                        "'xla' for those")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
 
   @property
   def kv_heads(self) -> int:
@@ -153,8 +162,12 @@ class GPT(nnx.Module):
     # GPT-2: residual-output projections scaled by 1/√(2L) so the residual stream's variance
     # does not grow with depth (two residual adds per layer).
     out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * L))
-    self.embed = nnx.Embed(cfg.vocab_size, D, embedding_init=init, rngs=rngs)
-    self.pos_embed = (positions.LearnedPositions(cfg.context_len, D, embedding_init=init, rngs=rngs)
+    # dtype=bf16 casts the fp32 tables and kernels at each use (nnx's promote_dtype), so every
+    # matmul runs in bf16 while the parameters the optimizer updates remain fp32.
+    dtype = cfg.compute_dtype
+    self.embed = nnx.Embed(cfg.vocab_size, D, embedding_init=init, dtype=dtype, rngs=rngs)
+    self.pos_embed = (positions.LearnedPositions(cfg.context_len, D, embedding_init=init,
+                                                 dtype=dtype, rngs=rngs)
                       if cfg.positions == "learned" else None)
     fn = attention_fn or _attention_fn(cfg.attention_impl)
     layers = []
@@ -162,14 +175,14 @@ class GPT(nnx.Module):
       attn = attention.MultiHeadAttention(
           D, cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_size,
           use_bias=cfg.use_bias, attention_fn=fn, kernel_init=init, out_kernel_init=out_init,
-          rngs=rngs)
+          dtype=dtype, rngs=rngs)
       if cfg.is_moe_layer(i):
         mlp = moe.MoE(D, cfg.ffn_dim, cfg.num_experts, top_k=cfg.top_k,
                       capacity_factor=cfg.capacity_factor, ffn=cfg.ffn, kernel_init=init,
                       out_kernel_init=out_init, rngs=rngs)
       else:
         mlp = ffn.make_ffn(cfg.ffn, D, cfg.ffn_dim, use_bias=cfg.use_bias, kernel_init=init,
-                           out_kernel_init=out_init, rngs=rngs)
+                           out_kernel_init=out_init, dtype=dtype, rngs=rngs)
       make_norm = functools.partial(norms.make_norm, cfg.norm, D, epsilon=cfg.norm_eps,
                                     use_bias=cfg.use_bias, rngs=rngs)
       layers.append(block.Block(attn, mlp, make_norm(), make_norm(),
@@ -179,12 +192,14 @@ class GPT(nnx.Module):
     self.final_norm = (norms.make_norm(cfg.norm, D, epsilon=cfg.norm_eps, use_bias=cfg.use_bias,
                                        rngs=rngs) if cfg.norm_placement == "pre" else None)
     self.lm_head = (None if cfg.tie_embeddings else
-                    nnx.Linear(D, cfg.vocab_size, use_bias=False, kernel_init=init, rngs=rngs))
+                    nnx.Linear(D, cfg.vocab_size, use_bias=False, kernel_init=init, dtype=dtype,
+                               rngs=rngs))
     self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-  def init_cache(self, batch: int, max_len: int | None = None, dtype=jnp.float32):
-    """One preallocated `KVCache` per layer, [B, max_len, K, H] each."""
+  def init_cache(self, batch: int, max_len: int | None = None, dtype=None):
+    """One preallocated `KVCache` per layer, [B, max_len, K, H] each (default: compute dtype)."""
     cfg = self.cfg
+    dtype = cfg.compute_dtype if dtype is None else dtype
     max_len = cfg.context_len if max_len is None else max_len
     if max_len > cfg.context_len:
       raise ValueError(f"cache length {max_len} exceeds context_len={cfg.context_len}")

@@ -107,13 +107,21 @@ class MoE(nnx.Module):
     self.w_down = batched(out_init, (F, D))  # [E, F, D]
 
   def experts(self, x_ECD: Array) -> Array:
-    """All experts at once: [E, C, D] → [E, C, D], same math as ffn.GeluMLP / ffn.SwiGLU."""
-    up_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, self.w_up[...])
+    """All experts at once: [E, C, D] → [E, C, D], same math as ffn.GeluMLP / ffn.SwiGLU.
+
+    The experts compute in the dtype of their input (bf16 in a bf16 model; the fp32 weights are
+    cast), while the router (`__call__`) promotes to its fp32 weights: top-k choices and the
+    softmax are precision-sensitive and cost D·E per token, nothing beside the experts.
+    """
+    def w(param: nnx.Param) -> Array:
+      return param[...].astype(x_ECD.dtype)
+
+    up_ECF = jnp.einsum("ECD,EDF->ECF", x_ECD, w(self.w_up))
     if self.ffn == "swiglu":
-      h_ECF = jax.nn.silu(jnp.einsum("ECD,EDF->ECF", x_ECD, self.w_gate[...])) * up_ECF
+      h_ECF = jax.nn.silu(jnp.einsum("ECD,EDF->ECF", x_ECD, w(self.w_gate))) * up_ECF
     else:
       h_ECF = jax.nn.gelu(up_ECF, approximate=True)
-    return jnp.einsum("ECF,EFD->ECD", h_ECF, self.w_down[...])
+    return jnp.einsum("ECF,EFD->ECD", h_ECF, w(self.w_down))
 
   def __call__(self, x_BTD: Array) -> tuple[Array, dict[str, Array]]:
     B, T, D = x_BTD.shape

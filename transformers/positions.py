@@ -32,9 +32,11 @@ class LearnedPositions(nnx.Module):
   """Absolute learned position embeddings, a [max_len, D] table (GPT-2 `wpe`)."""
 
   def __init__(self, max_len: int, d_model: int, *,
-               embedding_init: nnx.Initializer = nnx.initializers.normal(0.02), rngs: nnx.Rngs):
+               embedding_init: nnx.Initializer = nnx.initializers.normal(0.02),
+               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
     self.max_len = max_len
-    self.embed = nnx.Embed(max_len, d_model, embedding_init=embedding_init, rngs=rngs)
+    self.embed = nnx.Embed(max_len, d_model, embedding_init=embedding_init, dtype=dtype,
+                           rngs=rngs)
 
   def __call__(self, positions_BT: Array) -> Array:
     # Under jit a position >= max_len cannot be detected (Embed would clip it silently); callers
