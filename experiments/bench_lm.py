@@ -5,11 +5,14 @@ gpt_train_step: one AdamW step (`jax.jit` of `value_and_grad` of next-token CE, 
   shape (124M parameters; context and batch cut to fit this CPU). Reports tokens/s, the model
   FLOP/s from 6N + 12·L·H·T per token (PaLM 2204.02311 app. B, `gpt.flops_per_token`), XLA's
   own count of the compiled step, and both as fractions of `matmul_peak` measured in this run.
+  On a GPU/TPU a third row runs GPT-2 small at context 1024 in bf16 (`GPTConfig.dtype`): its
+  fraction of the bf16 matmul peak is the MFU (not yet measured: no accelerator lent so far).
 gpt_decode: greedy decoding of 256 new tokens after a 64-token prompt, with the preallocated
   KV cache vs recomputing the whole buffer at every step, through `sampling.generate` (a host
   loop, one dispatch per token) and fused into one `lax.scan`; all four must give the same tokens.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -50,8 +53,12 @@ def _train_step(cfg: gpt.GPTConfig, batch: int):
 def gpt_train_step(emit) -> None:
   peak = bench.matmul_peak()
   emit(peak)
-  for label, cfg, batch, iters in (("cpu_config", CPU_CONFIG, 12, 20),
-                                   ("gpt2_small_shape", GPT2_SMALL, 2, 3)):
+  cases = [("cpu_config", CPU_CONFIG, 12, 20), ("gpt2_small_shape", GPT2_SMALL, 2, 3)]
+  if jax.default_backend() != "cpu":  # the accelerator row: bf16 compute, full GPT-2 context,
+    # MFU against the bf16 matmul peak that `matmul_peak` measures there.
+    cases.append(("gpt2_small_bf16", dataclasses.replace(
+        GPT2_SMALL, context_len=1024, dtype="bfloat16", attention_impl="xla"), 16, 10))
+  for label, cfg, batch, iters in cases:
     step, state, tokens = _train_step(cfg, batch)
     xla_flops = bench.compiled_flops(step, state, tokens)
     holder = [state]
@@ -64,7 +71,7 @@ def gpt_train_step(emit) -> None:
     n_tok = batch * cfg.context_len
     model_flops = gpt.flops_per_token(cfg) * n_tok
     emit({"name": "gpt_train_step", "shape": label, "params": gpt.param_count(cfg),
-          "batch_size": batch, "context_len": cfg.context_len, "seconds": t,
+          "batch_size": batch, "context_len": cfg.context_len, "dtype": cfg.dtype, "seconds": t,
           "tokens_per_sec": n_tok / t, "model_flops_per_step": model_flops,
           "model_flops_per_sec": model_flops / t,
           "model_fraction_of_matmul_peak": model_flops / t / peak["flops_per_sec"],
