@@ -4,6 +4,17 @@ Keys: `optimizer` ∈ {sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw}, 
 `weight_decay` (AdamW's decoupled decay, 1711.05101), `momentum`, `schedule` ∈ {constant, cosine,
 warmup_cosine} (cosine: 1608.03983), `warmup_steps`, `grad_clip_norm` (0 disables; 1211.5063).
 
+Knobs nanoGPT's recipe needs (each defaults to the behaviour configs had before it existed):
+  `b2`            Adam/AdamW second-moment decay β₂ (Alg. 1 of 1412.6980), default 0.999 (optax).
+                  Small models with small batches train better with 0.99: v tracks g² faster.
+  `decay_mask`    which parameters AdamW decays: "all" (default) or "matrices" (ndim ≥ 2:
+                  kernels and embedding tables; biases and norm gains/offsets are not decayed,
+                  as nanoGPT's `configure_optimizers` and GPT-3 (2005.14165 App. B) do).
+  `min_lr_ratio`  floor of the cosine schedules as a fraction of `learning_rate`, default 0:
+                  η ends at min_lr_ratio · η_peak (nanoGPT: min_lr = lr / 10, i.e. 0.1).
+`b2` and `decay_mask` are read by adam/adamw only and `min_lr_ratio` by the cosine schedules
+only (like `momentum`, so one config can sweep `optimizer`); their values are always checked.
+
 `optimizer_impl` picks who implements them:
   "optax"  the optax built-ins (the default);
   "genfm"  our from-scratch versions, `genfm.foundations.{optimizers,schedules,clipping}`, which
@@ -11,13 +22,15 @@ warmup_cosine} (cosine: 1608.03983), `warmup_steps`, `grad_clip_norm` (0 disable
            float rounding, and a config can train on the code a learner wrote.
 """
 
+import jax
 import optax
 
-from genfm.experiments.errors import unknown_choice
+from genfm.experiments.errors import ConfigError, unknown_choice
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 IMPLEMENTATIONS = ("optax", "genfm")
+DECAY_MASKS = ("all", "matrices")
 
 
 def _impl(config) -> str:
@@ -27,26 +40,56 @@ def _impl(config) -> str:
   return impl
 
 
+def _min_lr_ratio(config) -> float:
+  ratio = config.get("min_lr_ratio", 0.0)
+  if not 0.0 <= ratio <= 1.0:
+    raise ConfigError(f"config.min_lr_ratio must be in [0, 1] (the cosine floor as a fraction "
+                      f"of learning_rate), got {ratio!r}")
+  return float(ratio)
+
+
+def _b2(config) -> float:
+  b2 = config.get("b2", 0.999)
+  if not 0.0 <= b2 < 1.0:
+    raise ConfigError(f"config.b2 (Adam's β₂) must be in [0, 1), got {b2!r}")
+  return float(b2)
+
+
+def matrices_mask(params):
+  """True for parameters with ndim ≥ 2 (decayed), False for biases, gains, scalars."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def _decay_mask(config):
+  """The `mask` argument of adamw: None (decay everything) or a params → bools function."""
+  name = config.get("decay_mask", "all")
+  if name not in DECAY_MASKS:
+    raise unknown_choice("config.decay_mask", name, DECAY_MASKS)
+  return None if name == "all" else matrices_mask
+
+
 def make_schedule(config) -> optax.Schedule:
   """η(step) for `config.schedule`, from optax or from `genfm.foundations.schedules`."""
   lr, steps = config.learning_rate, config.num_train_steps
   name, warmup = config.get("schedule", "constant"), config.get("warmup_steps", 0)
   if name not in SCHEDULES:
     raise unknown_choice("config.schedule", name, SCHEDULES)
+  floor = _min_lr_ratio(config) * lr  # η_min of eq. (5), 1608.03983
   if _impl(config) == "genfm":
     from genfm.foundations import schedules  # pylint: disable=g-import-not-at-top
     if name == "constant":
       return lambda count: lr
     if name == "cosine" or (name == "warmup_cosine" and warmup == 0):
-      return schedules.get_schedule("cosine", init_value=lr, decay_steps=steps)
+      return schedules.get_schedule("cosine", init_value=lr, decay_steps=steps, end_value=floor)
     return schedules.get_schedule("warmup_cosine", init_value=0.0, peak_value=lr,
-                                  warmup_steps=warmup, decay_steps=max(steps, warmup + 1))
+                                  warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+                                  end_value=floor)
   if name == "constant":
     return optax.constant_schedule(lr)
   if name == "cosine":
-    return optax.cosine_decay_schedule(lr, decay_steps=steps)
+    return optax.cosine_decay_schedule(lr, decay_steps=steps, alpha=_min_lr_ratio(config))
   return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup,
-                                            decay_steps=max(steps, warmup + 1))
+                                            decay_steps=max(steps, warmup + 1), end_value=floor)
 
 
 def _optax_optimizer(name, schedule, config) -> optax.GradientTransformation:
@@ -60,8 +103,9 @@ def _optax_optimizer(name, schedule, config) -> optax.GradientTransformation:
   if name == "rmsprop":
     return optax.rmsprop(schedule)
   if name == "adam":
-    return optax.adam(schedule)
-  return optax.adamw(schedule, weight_decay=config.get("weight_decay", 1e-4))
+    return optax.adam(schedule, b2=_b2(config))
+  return optax.adamw(schedule, b2=_b2(config), weight_decay=config.get("weight_decay", 1e-4),
+                     mask=_decay_mask(config))
 
 
 def _genfm_optimizer(name, schedule, config) -> optax.GradientTransformation:
@@ -69,8 +113,11 @@ def _genfm_optimizer(name, schedule, config) -> optax.GradientTransformation:
   kwargs = {"learning_rate": schedule}
   if name in ("momentum", "nesterov"):
     kwargs["momentum"] = config.get("momentum", 0.9)
+  if name in ("adam", "adamw"):
+    kwargs["b2"] = _b2(config)
   if name == "adamw":
     kwargs["weight_decay"] = config.get("weight_decay", 1e-4)
+    kwargs["mask"] = _decay_mask(config)
   return optimizers.get_optimizer(name, **kwargs)
 
 
@@ -78,6 +125,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
   name, impl = config.get("optimizer", "adamw"), _impl(config)
   if name not in OPTIMIZERS:
     raise unknown_choice("config.optimizer", name, OPTIMIZERS)
+  _b2(config), _decay_mask(config)  # check the values even where this optimizer ignores them
   schedule = make_schedule(config)
   clip = config.get("grad_clip_norm", 0.0)
   if impl == "genfm":

@@ -176,16 +176,26 @@ def adam(learning_rate: LearningRate, b1: float = 0.9, b2: float = 0.999,
 
 
 def adamw(learning_rate: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 1e-4) -> optax.GradientTransformation:
+          weight_decay: float = 1e-4, mask: Any = None) -> optax.GradientTransformation:
   """Adam with decoupled weight decay: λθ is added to the Adam direction, not to the gradient,
-  so it is not divided by √v̂ (the point of 1711.05101: L2 in Adam ≠ weight decay)."""
+  so it is not divided by √v̂ (the point of 1711.05101: L2 in Adam ≠ weight decay).
+
+  `mask` (as optax's): None decays every parameter; else a pytree of Python bools shaped like
+  params, or a function params → that pytree; False leaves take the plain Adam step.
+  """
 
   def update(grads, state, params=None):
     if params is None:
       raise ValueError("adamw needs params: call update(grads, state, params)")
     lr = _lr(learning_rate, state.count)
     direction, state = _adam_direction(grads, state, b1, b2, eps)
-    updates = jax.tree.map(lambda d, p: -lr * (d + weight_decay * p), direction, params)
+    if mask is None:
+      updates = jax.tree.map(lambda d, p: -lr * (d + weight_decay * p), direction, params)
+      return updates, state
+    keep = mask(params) if callable(mask) else mask
+    # The mask is static (Python bools), so undecayed leaves skip the λθ term entirely.
+    updates = jax.tree.map(lambda d, p, k: -lr * (d + weight_decay * p) if k else -lr * d,
+                           direction, params, keep)
     return updates, state
 
   return optax.GradientTransformation(_adam_init, update)
