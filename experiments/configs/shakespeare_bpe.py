@@ -33,7 +33,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({
       "context_len": 64, "num_layers": 4, "num_heads": 4, "d_model": 128,
       "positions": "learned", "norm": "layernorm", "ffn": "gelu", "use_bias": True,
-      "dropout": 0.0})
+      "dropout": 0.0,
+      # Accelerator knobs (--config.model.dtype=bfloat16 --config.model.attention_impl=pallas).
+      "dtype": "float32", "attention_impl": "reference"})
   c.batch_size = 12
   c.optimizer, c.learning_rate, c.weight_decay = "adamw", 1e-3, 0.1
   c.schedule, c.warmup_steps = "warmup_cosine", 100
