@@ -1,0 +1,282 @@
+"""Class-conditional image DDPM with classifier-free guidance, through the shared training loop.
+
+DDPM, Ho et al. 2020, arXiv:2006.11239: ε-prediction U-Net (`diffusion/unet.py`), linear β
+1e-4 → 0.02, T = 1000, loss L_simple (eq. 14)
+  E_{t, ε, c} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t, c)‖²,  t uniform on 1..T,
+averaged over pixels. Class conditioning with label dropout (Ho & Salimans 2022,
+arXiv:2207.12598, Algorithm 1): the label c is replaced by the null label ∅ = num_classes with
+probability p_uncond, so one network is both ε_θ(x, t, c) and ε_θ(x, t, ∅). Samples use
+classifier-free guidance at scale s = 1 + w (`diffusion/guidance.py`) with DDPM ancestral
+steps, DDIM (arXiv:2010.02502) or DPM-Solver++(2M) (arXiv:2211.01095).
+
+Images: uint8 {0..255} → x = p/127.5 − 1 ∈ [−1, 1] (the DDPM code's scaling), padded by
+`config.pad` pixels of background (−1) per side, on device inside the jitted step (Fashion-MNIST
+28×28 → 32×32 with pad 2, so the U-Net halves the size twice).
+
+Evaluation (`after_eval`, host side): `eval.num_samples` guided samples with balanced labels
+(sample i has class i mod C) from a fixed key; a grid PNG with one row per class; and, when
+`config.fid_classifier_workdir` is set, the Fréchet distance of the samples' classifier features
+to as many real test images (`diffusion/fashion_fid.py`), beside the real-vs-real floor of the
+same size measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from genfm.diffusion import fashion_fid
+from genfm.diffusion import gaussian
+from genfm.diffusion import guidance
+from genfm.diffusion import samplers
+from genfm.diffusion import schedules
+from genfm.diffusion.unet import UNet, UNetConfig
+from genfm.experiments import data
+from genfm.experiments.errors import ConfigError, unknown_choice
+from genfm.experiments.tasks.base import Batch, Task
+# Batch-sharded draws and gathers on the loop's Explicit mesh (shared with the 2-D task).
+from genfm.experiments.tasks.diffusion2d import _batch_sharding, _take
+
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+}
+
+
+def _choice(what: str, got, valid) -> None:
+  if got not in valid:
+    raise unknown_choice(what, got, valid)
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+  """`x` replicated over the loop's Explicit mesh (unchanged off-mesh).
+
+  The U-Net (`diffusion/unet.py`) is not written for Explicit sharding: its label `nnx.Embed`
+  gather and its attention reshape need output shardings it does not pass. So the network runs
+  on replicated inputs: exact on one device (all the CPU and single-GPU runs here); on a
+  multi-device mesh it is correct but not data-parallel — that needs `out_sharding` in unet.py.
+  """
+  s = jax.typeof(x).sharding
+  if isinstance(s, NamedSharding) and s.mesh.axis_names:
+    return jax.sharding.reshard(x, NamedSharding(s.mesh, P()))
+  return x
+
+
+def to_model_input(image_BHWC: jax.Array, pad: int) -> jax.Array:
+  """uint8 [B, H, W, C] → float32 [B, H + 2 pad, W + 2 pad, C] in [−1, 1], background −1."""
+  x = image_BHWC.astype(jnp.float32) / 127.5 - 1.0
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+
+
+class DiffusionImageTask(Task):
+  """`config.dataset` (labelled images) → class-conditional U-Net → DDPM ε-loss + CFG sampling."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self._train = data.load(config.dataset, "train")
+    info = self._train.info
+    if info.image_shape is None or info.num_classes is None:
+      raise ConfigError(f"dataset {config.dataset!r} is not a labelled image set; the "
+                        "diffusion_image task needs one (fashion_mnist, digits, mnist_subset)")
+    self.num_classes = info.num_classes
+    pad = config.get("pad", 0)
+    if not isinstance(pad, int) or pad < 0:
+      raise ConfigError(f"config.pad must be a non-negative integer, got {pad!r}")
+    h, w, c = info.image_shape
+    self.image_shape = (h + 2 * pad, w + 2 * pad, c)          # the U-Net's input [H, W, C]
+    factor = 2 ** (len(config.model.channel_mults) - 1)
+    if self.image_shape[0] % factor or self.image_shape[1] % factor:
+      raise ConfigError(f"padded images {self.image_shape[:2]} are not divisible by {factor} "
+                        f"(the U-Net's {len(config.model.channel_mults)} levels); change "
+                        "config.pad or config.model.channel_mults")
+    d = config.diffusion
+    _choice("config.diffusion.prediction", d.prediction, gaussian.PREDICTION_TYPES)
+    _choice("config.diffusion.sampler", d.sampler, samplers.SAMPLERS)
+    _choice("config.diffusion.schedule", d.schedule, schedules.SCHEDULES)
+    _choice("config.diffusion.variance", d.variance, samplers.VARIANCES)
+    if not 0.0 <= d.p_uncond <= 1.0:
+      raise ConfigError(f"config.diffusion.p_uncond must be in [0, 1], got {d.p_uncond}")
+    if d.guidance_scale != 1.0 and d.p_uncond == 0.0:
+      raise ConfigError(f"config.diffusion.guidance_scale={d.guidance_scale} needs an "
+                        "unconditional model: train with config.diffusion.p_uncond > 0 (0.1)")
+    try:
+      self.sched = schedules.make_schedule(d.schedule, d.num_timesteps)
+      if d.sampler != "ddpm":
+        samplers.timesteps(d.num_timesteps, d.sample_steps)    # validates 1 ≤ steps ≤ T
+    except ValueError as e:
+      raise ConfigError(f"config.diffusion: {e}") from None
+    n = config.eval.num_samples
+    if not isinstance(n, int) or n < 2:
+      raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
+    self._sample_fns, self._fid = {}, None
+
+  # --- data and model -------------------------------------------------------------------------
+
+  def train_source(self):
+    return self._train
+
+  def eval_sources(self):
+    """The first `eval.num_loss_images` test images (the held-out ε-loss; a U-Net pass on the
+    whole test set at every eval would cost as much as many training steps on a CPU)."""
+    test = data.load(self.config.dataset, "test")
+    n = min(self.config.eval.get("num_loss_images", len(test)), len(test))
+    info = dataclasses.replace(test.info, num_examples=n)
+    return {"test": data.ArraySource({k: v[:n] for k, v in test.arrays.items()}, info)}
+
+  def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    m = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+         for k, v in self.config.model.to_dict().items()}
+    try:
+      cfg = UNetConfig(image_channels=self.image_shape[2], image_size=self.image_shape[0],
+                       num_classes=self.num_classes, **m)
+    except TypeError as e:                      # an unknown key under config.model
+      raise ConfigError(f"config.model for the U-Net: {e}") from None
+    return UNet(cfg, rngs=rngs)
+
+  # --- losses ---------------------------------------------------------------------------------
+
+  def draw_noise(self, key: jax.Array, x0_BHWC: jax.Array):
+    """(t [B] code indices 0..T−1, ε [B, H, W, C], u [B] for label dropout), laid out like the
+    batch; t from the first of three split keys, ε from the second, u from the third."""
+    b = x0_BHWC.shape[0]
+    t_key, z_key, u_key = jax.random.split(key, 3)
+    t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
+                             out_sharding=_batch_sharding(x0_BHWC, 1))
+    z_BHWC = jax.random.normal(z_key, x0_BHWC.shape, jnp.float32,
+                               out_sharding=_batch_sharding(x0_BHWC, 4))
+    u_B = jax.random.uniform(u_key, (b,), out_sharding=_batch_sharding(x0_BHWC, 1))
+    return t_B, z_BHWC, u_B
+
+  def per_example_loss(self, model, x0_BHWC, labels_B, t_B, z_BHWC) -> jax.Array:
+    """[B] L_simple at given t, ε and (possibly null) labels."""
+    d = self.config.diffusion
+    alpha_B = _take(self.sched.sqrt_alphas_cumprod, t_B)[:, None, None, None]          # √ᾱ_t
+    sigma_B = _take(self.sched.sqrt_one_minus_alphas_cumprod, t_B)[:, None, None, None]
+    xt_BHWC = alpha_B * x0_BHWC + sigma_B * z_BHWC                    # eq. (4) of 2006.11239
+    target = gaussian.target(x0_BHWC, z_BHWC, alpha_B, sigma_B, d.prediction)
+    pred = model(_replicated(xt_BHWC), _replicated(t_B), _replicated(labels_B))
+    err = pred.astype(jnp.float32) - _replicated(target)
+    return jnp.mean(jnp.square(err), axis=(1, 2, 3))                  # eq. (14), L_simple
+
+  def loss(self, model, batch: Batch, key: jax.Array):
+    x0_BHWC = to_model_input(batch["image"], self.config.get("pad", 0))
+    t_B, z_BHWC, u_B = self.draw_noise(key, x0_BHWC)
+    # Label dropout, Algorithm 1 of 2207.12598: c ← ∅ with probability p_uncond.
+    labels_B = jnp.where(u_B < self.config.diffusion.p_uncond, self.num_classes,
+                         batch["label"].astype(jnp.int32))
+    return jnp.mean(self.per_example_loss(model, x0_BHWC, labels_B, t_B, z_BHWC)), {}
+
+  def eval_metrics(self, model, batch: Batch):
+    """Held-out conditional ε-loss with a fixed key (the same t and ε at every eval)."""
+    x0_BHWC = to_model_input(batch["image"], self.config.get("pad", 0))
+    mask_B = batch["mask"]
+    t_B, z_BHWC, _ = self.draw_noise(jax.random.key(1234), x0_BHWC)
+    loss_B = self.per_example_loss(model, x0_BHWC, batch["label"].astype(jnp.int32), t_B, z_BHWC)
+    return {"loss": (loss_B * mask_B).sum(), "count": mask_B.sum()}
+
+  # --- sampling and evaluation ----------------------------------------------------------------
+
+  def sample(self, model: nnx.Module, key: jax.Array, labels_B: jax.Array, sampler: str,
+             num_steps: int | None = None, scale: float | None = None) -> jax.Array:
+    """Guided samples [B, H, W, C] in [−1, 1]-ish (traceable; jit it around the model)."""
+    d = self.config.diffusion
+    scale = d.guidance_scale if scale is None else scale
+    model_fn = guidance.guided_model(model, labels_B, self.num_classes, scale)
+    shape = (labels_B.shape[0],) + self.image_shape
+    kwargs = {"prediction_type": d.prediction}
+    if sampler == "ddpm":
+      kwargs["variance"] = d.variance
+    else:
+      kwargs["num_steps"] = d.sample_steps if num_steps is None else num_steps
+      if sampler == "ddim":
+        kwargs["eta"] = d.eta
+    return samplers.sample(sampler, model_fn, self.sched, key, shape, **kwargs)
+
+  def sample_fn(self, graphdef, sampler: str, num_steps: int | None = None):
+    """jit((state, key, labels) → samples), compiled once per (sampler, steps)."""
+    name = (sampler, num_steps)
+    if name not in self._sample_fns:
+      self._sample_fns[name] = jax.jit(lambda state, key, labels: self.sample(
+          nnx.merge(graphdef, state), key, labels, sampler, num_steps))
+    return self._sample_fns[name]
+
+  def balanced_labels(self, n: int) -> np.ndarray:
+    return (np.arange(n) % self.num_classes).astype(np.int32)
+
+  def generate(self, model, n: int, sampler: str, num_steps: int | None = None,
+               seed: int | None = None, batch_size: int | None = None) -> np.ndarray:
+    """n guided samples with balanced labels (sample i has class i mod C), in batches."""
+    graphdef, state = nnx.split(model)
+    seed = self.config.eval.sample_seed if seed is None else seed
+    batch_size = batch_size or self.config.eval.get("sample_batch_size", n)
+    fn, labels, out = self.sample_fn(graphdef, sampler, num_steps), self.balanced_labels(n), []
+    for i, start in enumerate(range(0, n, batch_size)):
+      lab = jnp.asarray(labels[start:start + batch_size])
+      out.append(np.asarray(jax.device_get(fn(state, jax.random.key(seed + 1000 * i), lab))))
+    return np.concatenate(out)
+
+  def fid_evaluator(self) -> fashion_fid.FrechetEvaluator | None:
+    """The FD evaluator (classifier features, reference set, floor), built once; None when
+    `config.fid_classifier_workdir` is empty."""
+    workdir = self.config.get("fid_classifier_workdir", "")
+    if not workdir:
+      return None
+    if self._fid is None:
+      classifier, clf_cfg = fashion_fid.load_classifier(workdir)
+      if clf_cfg.get("dataset") != self.config.dataset:
+        raise ConfigError(f"the FID classifier in {workdir} was trained on "
+                          f"{clf_cfg.get('dataset')!r}, this run generates {self.config.dataset!r}")
+      test = data.load(self.config.dataset, "test").arrays["image"]
+      self._fid = fashion_fid.FrechetEvaluator(fashion_fid.make_feature_fn(classifier), test,
+                                               self.config.eval.num_samples,
+                                               self.config.eval.sample_seed)
+    return self._fid
+
+  def after_eval(self, model, workdir: str, step: int) -> dict[str, float]:
+    d, n = self.config.diffusion, self.config.eval.num_samples
+    fid = self.fid_evaluator()           # first: a missing classifier fails before sampling
+    samples = self.generate(model, n, d.sampler)
+    sampler = d.sampler if d.sampler == "ddpm" else f"{d.sampler}-{d.sample_steps}"
+    title = (f"{self.config.get('name', 'diffusion_image')} step {step}: {sampler}, "
+             f"guidance s = {d.guidance_scale}")
+    out = {}
+    if fid is not None:
+      out = {"fd": fid(samples), "fd_floor": fid.floor}
+      title += f", FD {out['fd']:.2f} (real-vs-real floor {fid.floor:.2f}, n = {n})"
+    save_grid(os.path.join(workdir, f"samples_step{step}.png"), samples,
+              self.balanced_labels(n), self.num_classes, self.config.eval.get("grid_cols", 10),
+              CLASS_NAMES.get(self.config.dataset), title)
+    return out
+
+
+def save_grid(path: str, samples_BHWC: np.ndarray, labels_B: np.ndarray, num_classes: int,
+              cols: int, class_names=None, title: str = "") -> str:
+  """A PNG grid of samples in [−1, 1]: row c holds the first `cols` samples of class c."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")                        # headless
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  h, w, c = samples_BHWC.shape[1:]
+  tiles = np.full((num_classes, cols, h, w, c), -1.0, np.float32)
+  for k in range(num_classes):
+    mine = samples_BHWC[labels_B == k][:cols]
+    tiles[k, :len(mine)] = mine
+  grid = tiles.transpose(0, 2, 1, 3, 4).reshape(num_classes * h, cols * w, c)
+  grid = np.clip((grid + 1.0) / 2.0, 0.0, 1.0)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.6 * cols, 0.3 + 0.6 * num_classes))
+  ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+  names = class_names or [str(k) for k in range(num_classes)]
+  ax.set_yticks((np.arange(num_classes) + 0.5) * h)
+  ax.set_yticklabels(names, fontsize=7)
+  ax.set_xticks([])
+  ax.set_title(title, fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
