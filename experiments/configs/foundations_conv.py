@@ -1,4 +1,4 @@
-"""A CNN built from the from-scratch convolution and pooling (genfm.foundations.conv) on Fashion-MNIST.
+"""A CNN made of the from-scratch convolution and pooling (genfm.foundations.conv), Fashion-MNIST.
 
 Model "scratch_cnn" (experiments/tasks/classify.py): [conv 3×3 'SAME' → ReLU → max-pool 2] × 2
 (16, 32 channels) → FC 128 → FC 10. Every conv is `conv.conv2d` — a sum over the K_h·K_w window
@@ -8,8 +8,11 @@ offsets of strided input slices times w[u, v] (LeCun et al. 1989), proven equal 
 backward pass is the same sums transposed.
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/foundations_conv.py --workdir=runs/foundations_conv
-Hardware: CPU, 2 cores.   Run time: TBD.
-Expect:   test_accuracy >= TBD (measured TBD);  `:smoke` (sklearn digits, seconds) >= 0.95.
+Hardware: CPU, 2 cores.   Run time: 163 ms of CPU per step ⇒ 1407 steps ≈ 230 s of CPU; 22 min
+          wall on the shared machine (load 10-17). LeNet (nnx.Conv, 5×5) costs the same 164 ms of
+          CPU per step there and runs 78 ms/step quiet, so ~2 min wall on a quiet 2-core CPU.
+Expect:   test_accuracy >= 0.88 after 3 epochs (measured 0.8927, test loss 0.306);
+          `:smoke` (sklearn digits, 300 steps, seconds) >= 0.95 (measured 0.970).
 Filters:  python -m genfm.foundations.figures OUT --only filters  (first-layer 3×3 filters of the
           same conv layer trained on digits).
 """

@@ -1,14 +1,17 @@
-"""Linear regression by minibatch SGD (cosine-decayed step size) through the launcher, against closed-form least squares.
+"""Linear regression by minibatch SGD through the launcher, against closed-form least squares.
 
 Synthetic, embedded, fixed seed (experiments/tasks/regression.py): x ~ N(0, I_D),
 y = x w_true + b_true + 0.1 ε. The loop trains ŷ = x w + b (genfm.foundations.linear_regression)
-on the MSE; eval compares θ = [w; b] with θ* = argmin ‖X̃θ − y‖² (the normal equations).
+on the MSE with plain SGD (η = 0.1, cosine-decayed to 0: the decay removes the minibatch noise
+floor); eval compares θ = [w; b] with θ* = argmin ‖X̃θ − y‖² (the normal equations), and test MSE
+with θ*'s test MSE (≈ σ² = 0.01, the noise floor).
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/foundations_linreg.py --workdir=runs/linreg
-Hardware: CPU, 2 cores.   Run time: TBD.
-Expect:   ‖θ − θ*‖₂ (`theta_dist`) <= 1e-3 and test MSE within 1 % of the closed form's
-          (`test_mse_rel_gap` <= 0.01); measured TBD.
-          `:smoke` (1,000 points, 300 steps, seconds): the same two numbers; measured TBD.
+Hardware: CPU, 2 cores.   Run time: 25 s session (10 s CPU) on the loaded machine (load ~17).
+Expect:   ‖θ − θ*‖₂ (`theta_dist`) <= 1e-3 and |test MSE / closed-form test MSE − 1|
+          (`test_mse_rel_gap`) <= 0.01; measured 3.8e-4 and +2.2e-5 (test MSE 0.009843).
+          `:smoke` (1,000 points, 300 steps, seconds): the same two bars; measured 3.3e-4 and
+          −4.0e-4 (test MSE 0.010327 vs closed form 0.010331).
 """
 
 import ml_collections

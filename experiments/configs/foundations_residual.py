@@ -6,12 +6,17 @@ Linear(128, 10). `:plain` has h_{l+1} = φ(h_l W_l); `:residual` has h_{l+1} = h
 (eq. (1) of He et al. 1512.03385). Same seed, so both start from identical weights; only the
 shortcut differs. Through 20 sigmoid layers (φ' ≤ 1/4) the plain net's gradient vanishes
 (first-layer gradient 1.9e-12 vs 19 with shortcuts, tests/foundations/test_foundations_residual.py)
-so, under plain SGD with momentum, its early layers do not learn.
+and the plain net never leaves chance; Adam does not rescue it either (digits smoke with Adam at
+1e-3 / 3e-3: plain 0.074, residual 0.950 / 0.960).
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/foundations_residual.py:residual --workdir=runs/residual
           python -m genfm.experiments.run --config=experiments/configs/foundations_residual.py:plain --workdir=runs/plain
-Hardware: CPU, 2 cores.   Run time: TBD.
-Expect:   TBD
+Hardware: CPU, 2 cores.   Run time: 7.2 ms of CPU per step; 96 s (residual) / 116 s (plain)
+          session wall, 29 / 33 s of CPU, on the shared machine (load ~13).
+Expect:   SGD + momentum 0.9, η = 0.05 cosine, 5 epochs: residual test_accuracy >= 0.85 (measured
+          0.8642) while plain stays at chance, <= 0.15 (measured 0.1000, test loss 2.3026 = ln 10);
+          `residual_smoke` >= 0.90 and `plain_smoke` <= 0.20 on sklearn digits, seconds (measured
+          0.966 vs 0.074).
 """
 
 import ml_collections
@@ -32,5 +37,5 @@ def get_config(variant: str = "residual") -> ml_collections.ConfigDict:
   if variant.endswith("_smoke"):
     digits_smoke(c)
     c.model.width = 64
-    c.learning_rate = 0.05
+    c.learning_rate = 0.05                     # digits_smoke sets Adam's 3e-3; keep SGD's
   return c

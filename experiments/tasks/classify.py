@@ -13,6 +13,8 @@ exponent, so it needs no loss scaling (§3.2); fp16 would, and that lives in the
 shared loop owns — `genfm.foundations.mixed_precision` has the dynamic loss scaler and its test.
 """
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,9 +54,14 @@ class ScratchCNN(nnx.Module):
   """LeNet-shaped CNN built only from `genfm.foundations.conv` (sum over the kernel window, pooling
   over window offsets): [conv K×K 'SAME' → ReLU → max-pool 2] per channel width → FC → ReLU → FC."""
 
-  def __init__(self, image_shape, num_classes: int, channels=(16, 32), hidden: int = 128,
+  def __init__(self, image_shape: Sequence[int], num_classes: int,
+               channels: Sequence[int] = (16, 32), hidden: int = 128,
                kernel_size: int = 3, *, rngs: nnx.Rngs):
     h, w, c = image_shape
+    if min(h, w) < 2 ** len(channels):
+      raise ValueError(f"ScratchCNN: {len(channels)} 2×2 pools need images of at least "
+                       f"{2 ** len(channels)} pixels a side, got {tuple(image_shape)}")
+    self.image_shape = tuple(image_shape)
     widths = (c, *channels)
     self.convs = nnx.List([scratch_conv.Conv2D(a, b, kernel_size, padding="SAME", rngs=rngs)
                            for a, b in zip(widths[:-1], widths[1:])])
@@ -64,6 +71,9 @@ class ScratchCNN(nnx.Module):
     self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
 
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    if tuple(x_BHWC.shape[1:]) != self.image_shape:
+      raise ValueError(f"ScratchCNN built for images {self.image_shape} (H, W, C), got batch of "
+                       f"shape {x_BHWC.shape}")
     x = to_float(x_BHWC)
     for conv in self.convs:
       x = scratch_conv.max_pool2d(jax.nn.relu(conv(x)), 2)   # [B, H/2, W/2, c_l]
@@ -76,12 +86,17 @@ class DeepMLP(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, width: int = 128, depth: int = 20, *,
                residual: bool, activation: str = "sigmoid", rngs: nnx.Rngs):
+    self.in_features = in_features
     self.stem = nnx.Linear(in_features, width, rngs=rngs)
     self.body = DeepNet(width, depth, residual=residual, activation=activation, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h_BD = self.stem(to_float(x).reshape(x.shape[0], -1))
+    x_BP = to_float(x).reshape(x.shape[0], -1)
+    if x_BP.shape[1] != self.in_features:
+      raise ValueError(f"DeepMLP expects {self.in_features} input features per example, got "
+                       f"input of shape {x.shape}")
+    h_BD = self.stem(x_BP)
     return self.head(self.body(h_BD))                        # [B, C] logits
 
 

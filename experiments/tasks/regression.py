@@ -27,7 +27,7 @@ _INT_KEYS = ("num_features", "num_train", "num_test", "data_seed")
 
 def make_linear_data(num_features: int, num_train: int, num_test: int, noise_std: float,
                      seed: int) -> dict:
-  """Fixed-seed synthetic set: {"w_true" [D], "b_true" [], "train"/"test": {"x" [N, D], "y" [N]}}."""
+  """Fixed-seed set: {"w_true" [D], "b_true" [], "train"/"test": {"x" [N, D], "y" [N]}}."""
   rng = np.random.default_rng(seed)
   w_true_D = rng.normal(size=num_features).astype(np.float32)
   b_true = np.float32(rng.normal())
