@@ -107,6 +107,7 @@ def test_scratch_cnn_equals_lax_conv_and_reduce_window():
     model(jnp.zeros((3, 8, 8, 1)))
 
 
+@pytest.mark.slow   # ~19 s of CPU: compiling the from-scratch conv's train step dominates
 def test_conv_smoke_trains_to_stated_accuracy(tmp_path):
   """`foundations_conv.py:smoke` (digits, 300 steps) >= 0.95, its docstring's number
   (measured 0.970)."""
@@ -137,7 +138,7 @@ def test_deep_mlp_plain_and_residual_share_init_and_differ_only_by_shortcut():
     plain(jnp.zeros((4, 13)))
 
 
-@pytest.mark.slow   # two trainings of a 20-layer MLP (~15-30 s on the loaded 2-core CPU)
+@pytest.mark.slow   # two trainings of a 20-layer MLP: ~10 s of CPU, 40-50 s wall under load
 def test_residual_smoke_trains_and_plain_stays_at_chance(tmp_path):
   """`foundations_residual.py:residual_smoke` >= 0.90 and `:plain_smoke` <= 0.20 on digits
   (10 classes), the docstring's numbers (measured 0.966 vs 0.074): same init, data and steps."""
