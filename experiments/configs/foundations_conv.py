@@ -14,7 +14,8 @@ Hardware: CPU, 2 cores.   Run time: 163 ms of CPU per step ⇒ 1407 steps ≈ 23
 Expect:   test_accuracy >= 0.88 after 3 epochs (measured 0.8927, test loss 0.306);
           `:smoke` (sklearn digits, 300 steps, seconds) >= 0.95 (measured 0.970).
 Filters:  python -m genfm.foundations.figures OUT --only filters  (first-layer 3×3 filters of the
-          same conv layer trained on digits).
+          same `conv.Conv2D` layer in a small CNN trained on digits, not of this run's model:
+          figures.py has no function that takes a trained kernel).
 """
 
 import ml_collections

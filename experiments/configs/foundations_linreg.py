@@ -2,7 +2,7 @@
 
 Synthetic, embedded, fixed seed (experiments/tasks/regression.py): x ~ N(0, I_D),
 y = x w_true + b_true + 0.1 ε. The loop trains ŷ = x w + b (genfm.foundations.linear_regression)
-on the MSE with plain SGD (η = 0.1, cosine-decayed to 0: the decay removes the minibatch noise
+on the MSE with plain SGD (η = 0.1, cosine-decayed to 0, which shrinks the minibatch-noise
 floor); eval compares θ = [w; b] with θ* = argmin ‖X̃θ − y‖² (the normal equations), and test MSE
 with θ*'s test MSE (≈ σ² = 0.01, the noise floor).
 
