@@ -24,6 +24,7 @@ import optax
 from genfm.transformers import attention, block, ffn, norms, positions
 
 Array = jax.Array
+POSITIONS = ("learned", "sinusoidal", "alibi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,9 @@ class BertConfig:
 
   vocab_size: int = 30522
   max_len: int = 512
+  # "learned": BERT's table. "sinusoidal": fixed, sec. 3.5 of 1706.03762. "alibi": no table, a
+  # bias −m_n·|i − j| on the logits (2108.12409; MosaicBERT, 2312.17482, trains BERT with it).
+  positions: str = "learned"
   type_vocab_size: int = 2  # segment (sentence A/B) embeddings; 0 = none
   num_layers: int = 12
   d_model: int = 768
@@ -43,6 +47,11 @@ class BertConfig:
   init_std: float = 0.02
 
   def __post_init__(self):
+    if self.positions not in POSITIONS:
+      raise ValueError(f"unknown positions {self.positions!r}; valid choices: "
+                       f"{', '.join(POSITIONS)}")
+    if self.positions == "sinusoidal" and self.d_model % 2:
+      raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
     if self.norm_placement not in block.PLACEMENTS:
       raise ValueError(f"unknown norm_placement {self.norm_placement!r}; valid choices: "
                        f"{', '.join(block.PLACEMENTS)}")
@@ -61,7 +70,8 @@ class BertConfig:
 def param_count(cfg: BertConfig) -> int:
   """Parameters by hand (all matrices have biases, all norms are LayerNorms with a bias)."""
   D, F, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
-  embed = (V + cfg.max_len + cfg.type_vocab_size) * D + 2 * D  # tables + embedding LayerNorm
+  table = cfg.max_len if cfg.positions == "learned" else 0
+  embed = (V + table + cfg.type_vocab_size) * D + 2 * D  # tables + embedding LayerNorm
   layer = (4 * D * D + 4 * D) + (2 * D * F + F + D) + 2 * 2 * D  # attention, FFN, 2 LayerNorms
   final = 2 * D if cfg.norm_placement == "pre" else 0
   head = (D * D + D) + 2 * D + V  # transform dense + LayerNorm + output bias (decoder is tied)
@@ -77,7 +87,8 @@ class Bert(nnx.Module):
     init = nnx.initializers.normal(cfg.init_std)
     make_norm = functools.partial(norms.LayerNorm, D, epsilon=cfg.norm_eps, rngs=rngs)
     self.embed = nnx.Embed(cfg.vocab_size, D, embedding_init=init, rngs=rngs)
-    self.pos_embed = positions.LearnedPositions(cfg.max_len, D, embedding_init=init, rngs=rngs)
+    self.pos_embed = (positions.LearnedPositions(cfg.max_len, D, embedding_init=init, rngs=rngs)
+                      if cfg.positions == "learned" else None)
     self.type_embed = (nnx.Embed(cfg.type_vocab_size, D, embedding_init=init, rngs=rngs)
                        if cfg.type_vocab_size else None)
     self.embed_norm = make_norm()
@@ -113,17 +124,27 @@ class Bert(nnx.Module):
              segments_BT: Array | None = None) -> Array:
     """Hidden states [B, T, D]. `valid_BT` (bool, True = real token) masks padded keys."""
     self._check(tokens_BT, valid_BT, segments_BT)
+    cfg = self.cfg
     B, T = tokens_BT.shape
-    x_BTD = self.embed(tokens_BT) + self.pos_embed(jnp.broadcast_to(jnp.arange(T), (B, T)))
+    pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    x_BTD = self.embed(tokens_BT)
+    if self.pos_embed is not None:
+      x_BTD = x_BTD + self.pos_embed(pos_BT)
+    elif cfg.positions == "sinusoidal":  # p_{t+k} is a rotation of p_t: offsets are linear
+      x_BTD = x_BTD + positions.sinusoidal(pos_BT, cfg.d_model).astype(x_BTD.dtype)
     if self.type_embed is not None:  # segment A (0) when not given
       x_BTD = x_BTD + self.type_embed(
           jnp.zeros_like(tokens_BT) if segments_BT is None else segments_BT)
     x_BTD = self.dropout(self.embed_norm(x_BTD))  # sum of the three embeddings, fig. 2
     # Padded keys are masked for every query; a padded query still computes something (from
     # the real keys), which callers ignore. Bidirectional: is_causal=False.
-    mask = None if valid_BT is None else valid_BT.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    kwargs = {"is_causal": False}
+    if valid_BT is not None:
+      kwargs["mask"] = valid_BT.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    if cfg.positions == "alibi":  # local from the first step: attention need not learn locality
+      kwargs["bias"] = positions.alibi_bias(positions.alibi_slopes(cfg.num_heads), pos_BT, pos_BT)
     for layer in self.layers:
-      x_BTD, _, _ = layer(x_BTD, is_causal=False, mask=mask)
+      x_BTD, _, _ = layer(x_BTD, **kwargs)
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
     return x_BTD

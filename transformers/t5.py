@@ -83,7 +83,7 @@ def param_count(cfg: T5Config) -> int:
   D, F, NH = cfg.d_model, cfg.d_ff, cfg.num_heads * cfg.head_size
   attn = 4 * D * NH  # q, k, v, o
   mlp = (2 if cfg.ffn == "gelu" else 3) * D * F
-  norm = D * (2 if cfg.norm == "layernorm" else 1)  # scale (+ a bias only for layernorm)
+  norm = D  # a scale only: RMSNorm, or LayerNorm built without its bias (T5 has no biases)
   pos = (cfg.num_buckets * cfg.num_heads if cfg.positions == "relative"
          else cfg.max_len * D)  # one table per stack
   encoder = cfg.num_layers * (attn + mlp + 2 * norm) + norm + pos
@@ -294,9 +294,10 @@ def greedy_decode(model: T5, enc_tokens_BS: Array, num_steps: int, *, start_id: 
   """Greedy decoding of `num_steps` tokens; returns (tokens [B, n] int32, logits [B, n, V]).
 
   Logits row t is the distribution token t was the arg-max of. With `use_cache`, each step feeds
-  one token and the decoder's self-attention reads the `KVCache`; otherwise each step recomputes
-  the whole prefix (the fp32 reference the cache must match). Runs the same eagerly or under jit
-  (the loop is unrolled). No early stop at an end token: callers cut at their EOS.
+  one token and the decoder's self-attention reads the `KVCache` (a `lax.scan` over steps);
+  otherwise each step recomputes the whole prefix (the fp32 reference the cache must match; a
+  Python loop). The model must be in eval mode (no dropout RNG inside the scan). No early stop
+  at an end token: callers cut at their end token.
   """
   _check_tokens("encoder tokens", enc_tokens_BS)
   if num_steps < 1:
@@ -305,17 +306,25 @@ def greedy_decode(model: T5, enc_tokens_BS: Array, num_steps: int, *, start_id: 
     raise ValueError(f"start_id={start_id} is outside the vocabulary 0..{model.cfg.vocab_size - 1}")
   B = enc_tokens_BS.shape[0]
   memory_BSD = model.encode(enc_tokens_BS, enc_valid_BS)  # once, for every step
-  prefix_BT = jnp.full((B, 1), start_id, jnp.int32)
-  caches = model.init_cache(B, num_steps, memory_BSD.dtype) if use_cache else None
-  logits, tokens = [], []
-  for t in range(num_steps):
-    if use_cache:
-      pos_B1 = jnp.full((B, 1), t, jnp.int32)
-      logits_B1V, caches = model.decode(prefix_BT[:, -1:], memory_BSD, enc_valid_BS,
-                                        positions_BT=pos_B1, caches=caches)
+  start_B = jnp.full((B,), start_id, jnp.int32)
+  if use_cache:
+    # One fixed-shape step, scanned: compiled once whatever num_steps is.
+    def step(carry, t):
+      tok_B, caches = carry
+      logits_B1V, caches = model.decode(tok_B[:, None], memory_BSD, enc_valid_BS,
+                                        positions_BT=jnp.full((B, 1), t, jnp.int32),
+                                        caches=caches)
       last_BV = logits_B1V[:, 0]
-    else:
-      last_BV = model.decode(prefix_BT, memory_BSD, enc_valid_BS)[:, -1]
+      new_B = jnp.argmax(last_BV, axis=-1).astype(jnp.int32)
+      return (new_B, caches), (new_B, last_BV)
+
+    caches = model.init_cache(B, num_steps, memory_BSD.dtype)
+    _, (tokens_NB, logits_NBV) = jax.lax.scan(step, (start_B, caches), jnp.arange(num_steps))
+    return tokens_NB.T, jnp.transpose(logits_NBV, (1, 0, 2))
+  prefix_BT = start_B[:, None]
+  logits, tokens = [], []
+  for _ in range(num_steps):  # the reference: the whole prefix again at every step
+    last_BV = model.decode(prefix_BT, memory_BSD, enc_valid_BS)[:, -1]
     tok_B = jnp.argmax(last_BV, axis=-1).astype(jnp.int32)
     logits.append(last_BV)
     tokens.append(tok_B)
