@@ -228,7 +228,10 @@ class DiffusionImageTask(Task):
     if not workdir:
       return None
     if self._fid is None:
-      classifier, clf_cfg = fashion_fid.load_classifier(workdir)
+      try:
+        classifier, clf_cfg = fashion_fid.load_classifier(workdir)
+      except (FileNotFoundError, ValueError) as e:     # one line from the launcher, exit 2
+        raise ConfigError(f"config.fid_classifier_workdir: {e}") from None
       if clf_cfg.get("dataset") != self.config.dataset:
         raise ConfigError(f"the FID classifier in {workdir} was trained on "
                           f"{clf_cfg.get('dataset')!r}, this run generates {self.config.dataset!r}")
