@@ -31,12 +31,14 @@ def test_bert_base_has_the_published_mlm_parameter_count():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"type_vocab_size": 0}, {"norm_placement": "pre"},
-                                       {"d_ff": 24, "num_layers": 3}])
+                                       {"d_ff": 24, "num_layers": 3},
+                                       {"positions": "alibi"}, {"positions": "sinusoidal"}])
 def test_param_count_equals_hand_formula(overrides):
   cfg = dataclasses.replace(TINY, **overrides)
   V, P, D, L, F = 11, 8, 16, cfg.num_layers, cfg.ffn_dim
   # wte + wpe + segments + emb LN; per layer q,k,v,o (+b), LN, fc1 (+b), fc2 (+b), LN;
   # head dense (+b), LN, output bias; a final LN when pre-norm.
+  P = P if cfg.positions == "learned" else 0  # sinusoids and ALiBi have no table
   hand = (V + P + cfg.type_vocab_size) * D + 2 * D
   hand += L * (4 * (D * D + D) + 2 * D + (D * F + F) + (F * D + D) + 2 * D)
   hand += (D * D + D) + 2 * D + V + (2 * D if cfg.norm_placement == "pre" else 0)
@@ -48,7 +50,7 @@ def test_shapes():
   tokens = jnp.zeros((3, 8), jnp.int32)
   out = jax.eval_shape(lambda t: model(t, valid_BT=t >= 0, segments_BT=t), tokens)
   assert out.shape == (3, 8, 11) and out.dtype == jnp.float32
-  chex.assert_shape(model.encode(tokens[:, :5]), (3, 5, 16))
+  chex.assert_shape(jax.eval_shape(model.encode, tokens[:, :5]), (3, 5, 16))
 
 
 def _grad_wrt_input_rows(model, tokens_T, i, c):
@@ -59,7 +61,7 @@ def _grad_wrt_input_rows(model, tokens_T, i, c):
   """
   def out(m):
     return m(tokens_T[None])[0, i, c]
-  grads = nnx.grad(out)(model)
+  grads = nnx.jit(nnx.grad(out))(model)
   return np.asarray(grads.embed.embedding[...])[np.asarray(tokens_T)]
 
 
@@ -75,17 +77,20 @@ def test_bert_is_bidirectional_unlike_gpt():
   assert np.all(np.abs(g_gpt[:i + 1]).max(axis=1) > 1e-6)
 
 
-def test_padded_tokens_do_not_change_real_outputs():
-  model = bert.Bert(TINY, rngs=nnx.Rngs(KEY(1)))
+@pytest.mark.parametrize("positions", ["learned", "alibi"])
+def test_padded_tokens_do_not_change_real_outputs(positions):
+  model = bert.Bert(dataclasses.replace(TINY, positions=positions), rngs=nnx.Rngs(KEY(1)))
   tokens = jax.random.randint(KEY(2), (2, 8), 0, 11)
   lengths = jnp.array([5, 8])
   valid = jnp.arange(8)[None] < lengths[:, None]
   other = jnp.where(valid, tokens, (tokens + 3) % 11)  # only padded tokens differ
   assert not np.array_equal(tokens, other)
-  a, b = model(tokens, valid_BT=valid), model(other, valid_BT=valid)
+  forward = nnx.jit(lambda m, t, v: m(t, valid_BT=v))
+  a, b = forward(model, tokens, valid), forward(model, other, valid)
   np.testing.assert_allclose(a[valid], b[valid], atol=1e-6, rtol=0)
   # Without the padding mask the same change does reach the real positions.
-  assert np.abs(model(tokens)[0, :5] - model(other)[0, :5]).max() > 1e-4
+  no_mask = jnp.ones_like(valid)
+  assert np.abs(forward(model, tokens, no_mask) - forward(model, other, no_mask))[0, :5].max() > 1e-4
 
 
 def test_masking_follows_15_percent_and_80_10_10():
