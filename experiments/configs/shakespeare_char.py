@@ -26,8 +26,8 @@ Expect:   validation_loss 1.8831 nats/char at step 2,000 (the launcher's 1,000 e
           30.3 CPU-s per step (495 s wall on the loaded machine; ≈ 40 GFLOP/s per core) ⇒
           5,000 steps ≈ 42 CPU-hours, ≈ 21 h wall with both cores free (CPU-s / 2).
           nanoGPT reports 1.47 on tiny-shakespeare at this shape.
-          `:smoke` (seconds of compute) validation_loss <= 2.6 nats/char (measured 2.388 with this optimizer; 2.40 before), far
-          below ln 84 = 4.43.
+          `:smoke` (seconds of compute) validation_loss <= 2.6 nats/char (measured 2.388 with
+          this optimizer, 2.40 before), far below ln 84 = 4.43.
 """
 
 import ml_collections
