@@ -5,22 +5,32 @@ First train the FID classifier (its penultimate features define the Fréchet dis
 Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_ddpm.py --workdir=runs/fashion_ddpm
           then  python -m genfm.experiments.diffusion_steps --workdir=runs/fashion_ddpm
           (DDIM 10/20/50/100 vs DDPM-1000 table and figure; ODE bits/dim)
-Hardware: CPU, 2 cores, shared (load 10–15 while measured).
-Run time: see "Measured" — sized so that training takes ≲ 25 min on that machine: a 16-channel
-          U-Net (16/32/32, attention only in the middle block at 8×8) at batch 32; on a quiet
-          2-core CPU it would be several times faster.
-Expect:   eval metric `fd` (Fréchet distance of 500 DDIM-50 samples, guidance s = 2, to 500 test
-          images, LeNet penultimate features) well above the real-vs-real floor `fd_floor` of
-          the same n — a CPU-sized run gives recognisable shapes, not good samples.
-Measured: see WORKSPACE.md (fashion_ddpm row) and the run's summary.json.
-
+Hardware: CPU, 2 cores, shared with 3 other jobs (load 14–22 while measured).
+Run time: sized from the measured step time: a 16-channel U-Net (16/32/32, 268,017 params,
+          attention only in the middle block at 8×8), batch 32, 1500 steps. The step timing
+          before the run (batch 64 under load ~12: 7.7 s/step at 16 channels, 11.9 s at 32)
+          already said that no useful step count fits 25 min on this machine today; the run
+          measured 2.8 s/step (0.3–0.4 steps/s), i.e. ~70 min for 1500 steps. A quiet 2-core
+          CPU would be several times faster (not measured).
+Measured: the CPU run was stopped (SIGTERM, checkpoint kept; rerun the command to resume) at
+          step 439 of 1500 for the deadline: train ε-loss 0.045. FD (n = 100, LeNet features,
+          guidance s = 2) of DDIM-10 samples 123.8 vs the real-vs-real floor 11.3 at the same
+          n — samples are mostly saturated blobs with a few recognisable bags and tops; see
+          runs/fashion_ddpm/diffusion_steps.md for the steps table. The FID classifier was
+          fashion_lenet.py stopped at step 1134 (test accuracy 0.896 at step 1000).
+Expect:   eval metric `fd` (FD of `eval.num_samples` DDIM-50 samples, s = 2, to as many test
+          images) above the floor `fd_floor` of the same n: a CPU-sized run gives shapes, not
+          good samples. The full 1500-step number is not measured yet.
 `:gpu` — the full-size setting (DDPM's CIFAR-10 U-Net shape scaled to 1 channel: 64/128/128,
           2 res blocks, attention at 16 and 8, dropout 0.1, batch 128, 40k steps, lr 2e-4;
-          n = 5000 samples). NOT RUN: no GPU was lent to this work; it would need ~1–2 h on one
-          GPU and is far beyond this CPU.
-`:smoke` — sklearn digits (8×8, no padding), a tiny U-Net (8/16), 150 steps, DDIM-20, seconds on
-          CPU; tests/experiments/test_fashion_ddpm_smoke.py holds it to its numbers (FD with a
-          digits LeNet trained in the test: below the untrained model's, and the floor below both).
+          n = 5000 samples). NOT RUN: no GPU was lent to this work, and it is far beyond this CPU;
+          its run time and FD are unmeasured.
+`:smoke` — sklearn digits (8×8, no padding), a tiny U-Net (8/16, 41,961 params), 150 steps,
+          n = 140 DDIM-20 samples; 88 s CPU time (7 min wall under load 13, mostly compiles).
+          Needs a digits classifier: `fashion_lenet.py:smoke` into runs/fashion_lenet_smoke (or
+          --config.fid_classifier_workdir). Measured FD 58.7 vs floor 5.6 (n = 140; the untrained
+          network scores 128.5);
+          tests/experiments/test_fashion_ddpm_smoke.py holds it to fd ≤ 100 and floor < fd.
 """
 
 import ml_collections
