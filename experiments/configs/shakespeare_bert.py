@@ -1,8 +1,19 @@
 """BERT-style masked-character model on Shakespeare (masked-token recovery, 1810.04805 sec. 3.1).
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/shakespeare_bert.py --workdir=runs/shakespeare_bert
-Hardware: CPU, 2 cores.   Run time: NOT YET MEASURED.
-Expect:   NOT YET MEASURED.
+Hardware: CPU, 2 cores.   Run time: 140 s CPU, 15.6 min wall for 1,500 steps on the 2-core
+          machine shared by ~6 jobs (load ~19); an idle machine is several times faster.
+Expect:   masked-token recovery on 1,000 fixed validation windows (64 chars, 15 % predicted,
+          80/10/10), 109,909 params. Measured at steps 500 / 1,000 / 1,500:
+            validation_mask_accuracy (positions shown as [MASK])  0.268 / 0.314 / 0.335
+            validation_accuracy (all predicted positions)          0.328 / 0.369 / 0.387
+            validation_loss (nats per predicted char)              2.474 / 2.290 / 2.210
+          Baseline: always answering the most frequent character (space) scores 0.165.
+          Still rising at the end: a longer run (or a wider model) goes further.
+          `:smoke` (32-char windows, 600 steps, 48 s CPU): validation_mask_accuracy >= 0.21
+          (measured 0.251; accuracy 0.323, loss 2.528).
+          With BERT's learned position table instead of ALiBi (2 heads, 300 steps), the model
+          stayed at the baseline (mask accuracy 0.162, loss 3.01; ALiBi 0.182, 2.89).
 """
 
 import ml_collections

@@ -1,8 +1,14 @@
 """T5-style encoder–decoder on a toy translation: written dates → ISO 8601 (1910.10683).
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/toy_t5.py --workdir=runs/toy_t5
-Hardware: CPU, 2 cores.   Run time: NOT YET MEASURED.
-Expect:   NOT YET MEASURED.
+Hardware: CPU, 2 cores.   Run time: 119 s CPU, 13.7 min wall for 1,000 steps on the 2-core
+          machine shared by ~6 jobs (load ~19); an idle machine is several times faster.
+Expect:   validation_exact_match 1.000 (greedy decoding with the KV cache, 1,000 held-out
+          dates, the four source formats in turn; 233,024 params), measured at step 500 and at
+          step 1,000 (teacher-forced loss 0.0019 nats/token). An untrained model scores 0.
+          `:smoke` (1 + 1 layers, width 32, 30,400 params, 300 steps, 42 s CPU):
+          validation_exact_match >= 0.85 on 200 held-out dates (measured 0.895; token
+          accuracy 0.989).
 """
 
 import ml_collections

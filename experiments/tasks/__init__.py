@@ -9,6 +9,8 @@ TASKS = {
     "classify": "genfm.experiments.tasks.classify:ClassificationTask",
     "lm": "genfm.experiments.tasks.lm:LanguageModelTask",
     "diffusion2d": "genfm.experiments.tasks.diffusion2d:Diffusion2DTask",
+    "mlm": "genfm.experiments.tasks.mlm:MaskedLMTask",
+    "seq2seq": "genfm.experiments.tasks.seq2seq:Seq2SeqTask",
     "diffusion_image": "genfm.experiments.tasks.diffusion_image:DiffusionImageTask",
     "regression": "genfm.experiments.tasks.regression:RegressionTask",
 }
