@@ -223,8 +223,9 @@ def test_mlm_bad_configs_fail_clearly(corpus):
     mlm.MaskedLMTask(bad)
 
 
-_NEED_CORPUS = pytest.mark.skipif(not text_data.corpus_path().is_file(),
-                                  reason=f"Shakespeare cache absent; run `{text_data.FETCH_COMMAND}`")
+_NEED_CORPUS = pytest.mark.skipif(
+    not text_data.corpus_path().is_file(),
+    reason=f"Shakespeare cache absent; run `{text_data.FETCH_COMMAND}`")
 
 
 @_NEED_CORPUS
