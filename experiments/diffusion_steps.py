@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,13 +46,20 @@ from genfm.experiments.tasks import get_task
 from genfm.experiments.tasks.diffusion_image import save_grid
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a trained diffusion_image run.")
-flags.DEFINE_integer("num_samples", 500, "Samples per setting (and real images per FD set).")
-flags.DEFINE_list("ddim_steps", ["10", "20", "50", "100"], "DDIM step counts (η = 0).")
-flags.DEFINE_bool("ddpm", True, "Also DDPM ancestral sampling at all T steps (the slow row).")
-flags.DEFINE_integer("bpd_images", 8, "Held-out test images for ODE bits/dim (0: skip).")
-flags.DEFINE_integer("bpd_seed", 0, "Seed of the dequantisation noise and the Hutchinson probe.")
-flags.DEFINE_bool("fd", True, "Compute the FD table (False: bits/dim only).")
+
+
+def define_flags():
+  """This script's flags, defined only when it runs as a script: importing the module next to
+  the launcher (which owns --workdir) must not define a flag twice."""
+  flags.DEFINE_string("workdir", None, "Workdir of a trained diffusion_image run.")
+  flags.DEFINE_integer("num_samples", 500, "Samples per setting (and real images per FD set).")
+  flags.DEFINE_list("ddim_steps", ["10", "20", "50", "100"], "DDIM step counts (η = 0).")
+  flags.DEFINE_bool("ddpm", True, "Also DDPM ancestral sampling at all T steps (the slow row).")
+  flags.DEFINE_integer("bpd_images", 8, "Held-out test images for ODE bits/dim (0: skip).")
+  flags.DEFINE_integer("bpd_seed", 0, "Seed of the dequantisation noise and the Hutchinson probe.")
+  flags.DEFINE_bool("fd", True, "Compute the FD table (False: bits/dim only).")
+  flags.mark_flags_as_required(["workdir"])
+
 
 TIME_LABEL_SCALE = 999.0        # continuous t ∈ [0, 1] → the network's time label 999·t
 
@@ -83,14 +91,15 @@ def load_run(workdir: str, num_samples: int | None = None):
   return task, nnx.merge(graph_eval, state["params"], state["rest"]), config, int(state["step"])
 
 
-def steps_table(task, model, config, workdir: str, step: int) -> list[dict]:
+def steps_table(task, model, config, workdir: str, step: int,
+                ddim_steps: Sequence[int] = (10, 20, 50, 100), ddpm: bool = True) -> list[dict]:
   """FD per sampler setting, with wall time; writes the table, figure, json and grids."""
   fid = task.fid_evaluator()
   if fid is None:
     raise ValueError("the run has no config.fid_classifier_workdir; the table needs the FD.")
   n = config.eval.num_samples
-  settings = [("ddim", int(s)) for s in FLAGS.ddim_steps]
-  if FLAGS.ddpm:
+  settings = [("ddim", int(s)) for s in ddim_steps]
+  if ddpm:
     settings.append(("ddpm", config.diffusion.num_timesteps))
   rows = []
   for sampler, steps in settings:
@@ -180,7 +189,8 @@ def main(argv):
   del argv
   task, model, config, step = load_run(FLAGS.workdir, FLAGS.num_samples)
   if FLAGS.fd:
-    steps_table(task, model, config, FLAGS.workdir, step)
+    steps_table(task, model, config, FLAGS.workdir, step,
+                [int(s) for s in FLAGS.ddim_steps], FLAGS.ddpm)
   if FLAGS.bpd_images > 0:
     out = bits_per_dim(task, model, config, FLAGS.bpd_images, FLAGS.bpd_seed)
     with open(os.path.join(FLAGS.workdir, "bits_per_dim.json"), "w") as f:
@@ -188,5 +198,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
+  define_flags()
   app.run(main)

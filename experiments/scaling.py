@@ -50,15 +50,22 @@ from absl import app, flags, logging
 from genfm.experiments.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory: one sub-run per size, scaling.json, scaling.png.")
-flags.DEFINE_integer("budget_tokens", 768_000, "Training tokens per size (batch·context·steps).")
-flags.DEFINE_list("sizes", ["32", "48", "64", "96", "128"], "Model widths d_model.")
-flags.DEFINE_integer("num_layers", 4, "Depth, the same for every size.")
-flags.DEFINE_integer("num_heads", 4, "Heads, the same for every size (divides every width).")
-flags.DEFINE_integer("context_len", 64, "Context length T.")
-flags.DEFINE_integer("batch_size", 12, "Batch size B.")
-flags.DEFINE_integer("eval_windows", 1000, "Validation windows of T tokens for the final loss.")
-flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate, the same for every size.")
+
+
+def define_flags():
+  """This script's flags, defined only when it runs as a script: importing the module next to
+  the launcher (which owns --workdir) must not define a flag twice."""
+  flags.DEFINE_string("workdir", None,
+                      "Directory: one sub-run per size, scaling.json, scaling.png.")
+  flags.DEFINE_integer("budget_tokens", 768_000,
+                       "Training tokens per size (batch·context·steps).")
+  flags.DEFINE_list("sizes", ["32", "48", "64", "96", "128"], "Model widths d_model.")
+  flags.DEFINE_integer("num_layers", 4, "Depth, the same for every size.")
+  flags.DEFINE_integer("num_heads", 4, "Heads, the same for every size (divides every width).")
+  flags.DEFINE_integer("context_len", 64, "Context length T.")
+  flags.DEFINE_integer("batch_size", 12, "Batch size B.")
+  flags.DEFINE_integer("eval_windows", 1000, "Validation windows of T tokens for the final loss.")
+  flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate, the same for every size.")
 
 
 def power_law(n, a, alpha, c):
@@ -235,4 +242,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
