@@ -141,7 +141,6 @@ def load_classifier(workdir: str) -> tuple[nnx.Module, dict]:
   path = os.path.join(workdir, "config.json")
   # Imported here: the rest of this module needs nothing from the experiments platform.
   from genfm.experiments import train  # pylint: disable=g-import-not-at-top
-  from genfm.experiments.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from genfm.experiments.tasks import get_task  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
 
@@ -159,17 +158,9 @@ def load_classifier(workdir: str) -> tuple[nnx.Module, dict]:
                      f"(task 'classify'); train one with `{cmd}`.")
   config = ml_collections.ConfigDict(cfg_dict)
   task = get_task(config)
-  graph_train, graph_eval, state, _ = train.init_state(task, config)
-  del graph_train
-  ckpt = Checkpointer(workdir)
-  try:
-    restored = ckpt.restore_latest(state)
-  finally:
-    ckpt.close()
+  restored = train.restore_eval_model(task, config, workdir)
   if restored is None:
     raise FileNotFoundError(f"{workdir!r} holds a classifier config but no checkpoint; finish "
                             f"the run with `{cmd}`.")
-  state = restored[0]
-  model = nnx.merge(graph_eval, state["params"], state["rest"])
-  model.eval()
+  model, _ = restored
   return model, cfg_dict

@@ -35,13 +35,11 @@ import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
-from flax import nnx
 
 from genfm.diffusion import likelihood
 from genfm.diffusion import sde as sde_lib
 from genfm.experiments import data
 from genfm.experiments import train
-from genfm.experiments.checkpoint import Checkpointer
 from genfm.experiments.tasks import get_task
 from genfm.experiments.tasks.diffusion_image import save_grid
 
@@ -79,16 +77,11 @@ def load_run(workdir: str, num_samples: int | None = None):
   if num_samples is not None:
     config.eval.num_samples = num_samples
   task = get_task(config)
-  _, graph_eval, state, _ = train.init_state(task, config)
-  ckpt = Checkpointer(workdir)
-  try:
-    restored = ckpt.restore_latest(state)
-  finally:
-    ckpt.close()
+  restored = train.restore_eval_model(task, config, workdir)
   if restored is None:
     raise FileNotFoundError(f"{workdir!r} has no checkpoint yet.")
-  state = restored[0]
-  return task, nnx.merge(graph_eval, state["params"], state["rest"]), config, int(state["step"])
+  model, step = restored
+  return task, model, config, step
 
 
 def steps_table(task, model, config, workdir: str, step: int,

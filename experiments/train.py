@@ -120,6 +120,26 @@ def init_state(task, config):
   return graph_train, graph_eval, state, tx
 
 
+def restore_eval_model(task, config, workdir: str):
+  """(eval-mode model, step) from the newest checkpoint in `workdir`, or None if it has none.
+
+  For scripts that read a finished run back (sample tables, FID features); the state tree comes
+  from `init_state`, so the config must be the run's own (its `config.json`).
+  """
+  _, graph_eval, state, _ = init_state(task, config)
+  ckpt = Checkpointer(workdir)
+  try:
+    restored = ckpt.restore_latest(state)
+  finally:
+    ckpt.close()
+  if restored is None:
+    return None
+  state = restored[0]
+  model = nnx.merge(graph_eval, state["params"], state["rest"])
+  model.eval()
+  return model, int(state["step"])
+
+
 def make_train_step(task, config, graph_train, tx):
   """The pure step `(state, batch) -> (state, metrics)`, to be jitted with shardings."""
   base_key, schedule = jax.random.key(config.seed), make_schedule(config)

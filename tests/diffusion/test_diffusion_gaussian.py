@@ -90,7 +90,6 @@ def test_loss_minimisers_agree():
   xt = a * x0 + s * noise
   feats = jnp.concatenate([xt, jnp.ones_like(xt)], axis=1)
   grid = jnp.linspace(-2.0, 3.0, 11)[:, None]
-  grid_feats = jnp.concatenate([grid, jnp.ones_like(grid)], axis=1)
   as_x0 = {}
   for p in gaussian.PREDICTION_TYPES:
     w = jnp.linalg.lstsq(feats, gaussian.target(x0, noise, a, s, p))[0]  # [2, 1]

@@ -36,21 +36,6 @@ def _launch(config, workdir, *overrides):
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def _loop_eval(task, model, batch_size):
-  """The launcher's evaluation: padded batches, jitted per-batch sums, divided by the count."""
-  step = jax.jit(lambda g, s, b: task.eval_metrics(nnx.merge(g, s), b))
-  graphdef, state = nnx.split(model)
-  sums = None
-  for batch in data.make_iterator(task.eval_sources()["validation"], batch_size=batch_size,
-                                  seed=0, shuffle=False, num_epochs=1, drop_remainder=False,
-                                  pad_remainder=True):
-    m = step(graphdef, state, batch)
-    sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-  sums = jax.device_get(sums)
-  count = sums.pop("count")
-  return {k: float(v / count) for k, v in sums.items()}, float(count)
-
-
 def _log_softmax(logits):
   z = np.asarray(logits, np.float64)
   z = z - z.max(-1, keepdims=True)
@@ -95,11 +80,11 @@ def test_seq2seq_records_splits_and_shapes():
     np.testing.assert_array_equal(r["source"], task.encode(src, task.src_len))
 
 
-def test_seq2seq_eval_metrics_equal_independent_computation():
+def test_seq2seq_eval_metrics_equal_independent_computation(loop_eval):
   task = seq2seq.Seq2SeqTask(_t5_config())
   model = task.build_model(nnx.Rngs(0))
   model.eval()
-  metrics, count = _loop_eval(task, model, batch_size=5)  # 5 ∤ 12: a padded last batch
+  metrics, count = loop_eval(task, model, batch_size=5)  # 5 ∤ 12: a padded last batch
   assert count == 12
   a = task.eval_sources()["validation"].arrays
   src = jnp.asarray(a["source"])
@@ -181,11 +166,11 @@ def test_mlm_eval_windows_are_masked_once_80_10_10(corpus):
   assert task.model_config.vocab_size == task.mask_id + 1
 
 
-def test_mlm_eval_metrics_equal_independent_computation(corpus):
+def test_mlm_eval_metrics_equal_independent_computation(corpus, loop_eval):
   task = mlm.MaskedLMTask(_bert_config())
   model = task.build_model(nnx.Rngs(0))
   model.eval()
-  metrics, count = _loop_eval(task, model, batch_size=5)  # 5 ∤ 23: a padded last batch
+  metrics, count = loop_eval(task, model, batch_size=5)  # 5 ∤ 23: a padded last batch
   a = task.eval_sources()["validation"].arrays
   logits = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(a["inputs"]))
   w = a["weights"] == 1

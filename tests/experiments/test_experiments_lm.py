@@ -117,21 +117,6 @@ def test_tokens_round_trip_through_the_task(corpus, tmp_path):
   assert again.tokenizer.merges == lm.LanguageModelTask(_bpe_config(tmp_path)).tokenizer.merges
 
 
-def _loop_eval(task, model, batch_size):
-  """The launcher's evaluation: padded batches, jitted per-batch sums, divided by the count."""
-  step = jax.jit(lambda g, s, b: task.eval_metrics(nnx.merge(g, s), b))
-  graphdef, state = nnx.split(model)
-  sums = None
-  for batch in data.make_iterator(task.eval_sources()["validation"], batch_size=batch_size,
-                                  seed=0, shuffle=False, num_epochs=1, drop_remainder=False,
-                                  pad_remainder=True):
-    m = step(graphdef, state, batch)
-    sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-  sums = jax.device_get(sums)
-  count = sums.pop("count")
-  return {k: float(v / count) for k, v in sums.items()}, float(count)
-
-
 def _numpy_ce(model, windows_WT1):
   """Σ −log softmax(logits)[target] in float64, one window at a time."""
   graphdef, state = nnx.split(model)
@@ -146,13 +131,13 @@ def _numpy_ce(model, windows_WT1):
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_eval_metric_equals_independent_mean_ce(corpus, tmp_path, kind):
+def test_eval_metric_equals_independent_mean_ce(corpus, tmp_path, kind, loop_eval):
   _, val_text = corpus
   task = lm.LanguageModelTask(_char_config() if kind == "char" else _bpe_config(tmp_path))
   model = task.build_model(nnx.Rngs(0))
   model.eval()
-  T, n = task.model_config.context_len, len(task.eval_sources()["validation"])
-  metrics, count = _loop_eval(task, model, batch_size=5)  # 5 ∤ n: a padded last batch
+  T = task.model_config.context_len
+  metrics, count = loop_eval(task, model, batch_size=5)  # 5 ∤ n: a padded last batch
   # Independent windows: encode the validation text afresh; slot w holds tokens [w·T, w·T + T].
   val_ids = np.asarray(task.tokenizer.encode(val_text))
   slots = (len(val_ids) - 1) // T

@@ -121,3 +121,18 @@ def test_smoke_reaches_its_fd_through_the_launcher(tmp_path):
   assert 0.0 < s["fd_floor"] < s["fd"] <= SMOKE_FD_BOUND, s
   assert s["test_loss"] < 0.3, s                  # ε-loss starts at E‖ε‖² = 1
   assert os.path.getsize(workdir / "samples_step150.png") > 1000
+
+  # The quality-vs-steps script reads the trained run back and writes its table and figure.
+  steps = subprocess.run(
+      [sys.executable, "-m", "genfm.experiments.diffusion_steps", f"--workdir={workdir}",
+       "--num_samples=140", "--ddim_steps=5,20", "--noddpm", "--bpd_images=0"],
+      capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert steps.returncode == 0, steps.stderr[-3000:]
+  with open(workdir / "diffusion_steps.json") as f:
+    rows = json.load(f)
+  assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 5), ("ddim", 20)]
+  assert all(r["fd"] > r["fd_floor"] > 0 for r in rows), rows
+  # The same sampler, labels and n as the launcher's eval: the 20-step row reproduces its FD
+  # up to sampling noise (different keys), within the smoke bound.
+  assert rows[1]["fd"] <= SMOKE_FD_BOUND, rows
+  assert os.path.getsize(workdir / "diffusion_steps.png") > 1000
