@@ -1,8 +1,10 @@
 """Small ResNet (stages 16-32-64, BasicBlocks, random crop + flip) on Fashion-MNIST.
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_resnet.py --workdir=runs/fashion_resnet
-Hardware: CPU, 2 cores (slow: see WORKSPACE.md for the measured time), or any GPU (~a minute).
-Expect:   test_accuracy >= 0.93 (full run);  `:smoke` (sklearn digits, seconds) >= 0.95.
+Hardware: CPU, 2 cores: 39 min 40 s wall for the 7,035 steps (3.0-3.4 steps/s, sharing the
+          machine with two other runs); any GPU: about a minute.
+Expect:   test_accuracy >= 0.93 (full run; measured 0.9307, test loss 0.192; 0.8579 / 0.9098 /
+          0.9259 at steps 1,000 / 3,000 / 5,000);  `:smoke` (sklearn digits, seconds) >= 0.95.
 """
 
 import ml_collections
