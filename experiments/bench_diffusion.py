@@ -1,4 +1,7 @@
-"""Benchmarks of the 2-D diffusion experiments (`genfm-bench ddpm_train_step diffusion_sample`).
+"""Benchmarks of the diffusion experiments (`genfm-bench ddpm_train_step diffusion_sample`).
+
+Two families: the 2-D MLP denoiser (`configs/toy2d_*.py`) and the Fashion-MNIST U-Net
+(`configs/fashion_ddpm.py`, 32×32×1, guided with CFG as its eval samples are).
 
 - `ddpm_train_step`: the jitted train step of `configs/toy2d_ddpm.py` (ε-prediction loss, eq. 14
   of arXiv:2006.11239, AdamW) at a few batch sizes: examples/s and FLOP/s as a fraction of the
@@ -18,11 +21,25 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genfm.experiments import bench, data, train
-from genfm.experiments.configs import toy2d_ddpm, toy2d_score_sde
+from genfm.diffusion import guidance
+from genfm.experiments.configs import fashion_ddpm, toy2d_ddpm, toy2d_score_sde
 from genfm.experiments.tasks.diffusion2d import Diffusion2DTask
+from genfm.experiments.tasks.diffusion_image import DiffusionImageTask
 
 TRAIN_BATCHES = (256, 4096)
 SAMPLE_BATCH = 2000
+
+
+def image_batches() -> tuple[int, int]:
+  """(train, sample) batch of the U-Net rows: the CPU config's 32 and a sampling batch of 4 on
+  CPU (guided DDPM-1000 there takes ~15 s per image); the :gpu config's 128 and 256 elsewhere."""
+  return (32, 4) if jax.default_backend() == "cpu" else (128, 256)
+
+
+def _image_task(variant: str = "") -> DiffusionImageTask:
+  cfg = fashion_ddpm.get_config(variant)
+  cfg.fid_classifier_workdir = ""      # the bench needs no FID classifier
+  return DiffusionImageTask(cfg)
 
 
 def ddpm_train_step(emit) -> None:
@@ -42,6 +59,21 @@ def ddpm_train_step(emit) -> None:
           "flops_per_sec": flops / t if flops else None,
           "fraction_of_matmul_peak": flops / t / peak if flops else None,
           "backend": jax.default_backend()})
+  variant = "" if jax.default_backend() == "cpu" else "gpu"
+  task = _image_task(variant)
+  cfg = task.config
+  cfg.batch_size = image_batches()[0]
+  graph_train, _, state, tx = train.init_state(task, cfg)
+  step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
+  batch = jax.tree.map(jnp.asarray, next(data.make_iterator(
+      task.train_source(), batch_size=cfg.batch_size, seed=0)))
+  flops = bench.compiled_flops(step, state, batch)
+  t = bench.time_fn(lambda s: step(s, batch)[1]["loss"], state, iters=5)
+  emit({"name": "ddpm_train_step", "config": f"fashion_ddpm{':' + variant if variant else ''}",
+        "batch_size": cfg.batch_size, "seconds": t, "examples_per_sec": cfg.batch_size / t,
+        "flops_per_step": flops, "flops_per_sec": flops / t if flops else None,
+        "fraction_of_matmul_peak": flops / t / peak if flops else None,
+        "backend": jax.default_backend()})
 
 
 # (label, config module, diffusion overrides, network evaluations per sample)
@@ -74,6 +106,39 @@ def diffusion_sample(emit) -> None:
     t = bench.time_fn(fn, state, key, warmup=1, iters=3)
     emit({"name": "diffusion_sample", "sampler": label, "batch_size": SAMPLE_BATCH,
           "network_evals": nfe, "seconds": t, "samples_per_sec": SAMPLE_BATCH / t,
-          "flops_per_network_eval": net_flops, "flops_per_call": flops, "flops_per_sec": flops / t if flops else None,
+          "flops_per_network_eval": net_flops, "flops_per_call": flops,
+          "flops_per_sec": flops / t if flops else None,
+          "fraction_of_matmul_peak": flops / t / peak if flops else None,
+          "backend": jax.default_backend()})
+  image_sample(emit, peak)
+
+
+# (label, sampler, steps, network evaluations per sample: CFG runs the U-Net on the conditional
+# and the null label, batched as one call of 2B).
+IMAGE_SAMPLERS = (("ddpm_1000", "ddpm", None, 1000), ("ddim_50", "ddim", 50, 50),
+                  ("dpm_solver_pp_20", "dpm_solver_pp", 20, 20))
+
+
+def image_sample(emit, peak: float) -> None:
+  """Guided U-Net samples/s (fashion_ddpm's network, untrained: the cost is the same)."""
+  variant = "" if jax.default_backend() == "cpu" else "gpu"
+  task = _image_task(variant)
+  batch = image_batches()[1]
+  model = task.build_model(nnx.Rngs(0))
+  model.eval()
+  graphdef, state = nnx.split(model)
+  labels = jnp.asarray(task.balanced_labels(batch))
+  net = jax.jit(lambda s, x, t: guidance.guided_model(
+      nnx.merge(graphdef, s), labels, task.num_classes, task.config.diffusion.guidance_scale)(x, t))
+  net_flops = bench.compiled_flops(net, state, jnp.zeros((batch, *task.image_shape)),
+                                   jnp.zeros((batch,), jnp.int32))
+  for label, sampler, steps, nfe in IMAGE_SAMPLERS:
+    fn = task.sample_fn(graphdef, sampler, steps)
+    flops = net_flops * nfe if net_flops else None
+    t = bench.time_fn(fn, state, jax.random.key(0), labels, warmup=1, iters=1)
+    emit({"name": "diffusion_sample", "model": f"fashion_ddpm{':' + variant if variant else ''}"
+          " U-Net, guided", "sampler": label, "batch_size": batch, "network_evals": nfe,
+          "seconds": t, "samples_per_sec": batch / t, "flops_per_call": flops,
+          "flops_per_sec": flops / t if flops else None,
           "fraction_of_matmul_peak": flops / t / peak if flops else None,
           "backend": jax.default_backend()})
