@@ -22,3 +22,40 @@ def test_unknown_benchmark_names_the_valid_ones(capsys):
   assert bench.main(["nope"]) == 2
   err = capsys.readouterr().err
   assert "unknown benchmark" in err and "matmul_peak" in err
+
+
+def test_image_sample_rows_count_two_unet_evals_per_guided_step(monkeypatch):
+  """The U-Net rows of `diffusion_sample` on the smoke U-Net (8×8 digits) with short samplers:
+  a guided step costs one U-Net call on 2B images (conditional + null label), so the reported
+  FLOPs per call = NFE × FLOPs(U-Net at 2B), counted independently here; seconds and samples/s
+  agree."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from genfm.experiments import bench_diffusion
+  from genfm.experiments.configs import fashion_ddpm
+  from genfm.experiments.tasks.diffusion_image import DiffusionImageTask
+
+  cfg = fashion_ddpm.get_config("smoke")
+  cfg.fid_classifier_workdir = ""
+  task = DiffusionImageTask(cfg)
+  monkeypatch.setattr(bench_diffusion, "_image_task", lambda variant="": task)
+  monkeypatch.setattr(bench_diffusion, "image_batches", lambda: (4, 3))
+  monkeypatch.setattr(bench_diffusion, "IMAGE_SAMPLERS",
+                      (("ddim_2", "ddim", 2, 2), ("dpm_solver_pp_3", "dpm_solver_pp", 3, 3)))
+  rows = []
+  bench_diffusion.image_sample(rows.append, peak=1e11)
+
+  model = task.build_model(nnx.Rngs(0))
+  model.eval()
+  graphdef, state = nnx.split(model)
+  unet = jax.jit(lambda s, x, t, y: nnx.merge(graphdef, s)(x, t, y))
+  b2 = 2 * 3
+  one_eval = bench.compiled_flops(unet, state, jnp.zeros((b2, *task.image_shape)),
+                                  jnp.zeros((b2,), jnp.int32), jnp.zeros((b2,), jnp.int32))
+  assert [r["sampler"] for r in rows] == ["ddim_2", "dpm_solver_pp_3"]
+  for r, nfe in zip(rows, (2, 3)):
+    assert r["network_evals"] == nfe and r["batch_size"] == 3
+    assert abs(r["flops_per_call"] / (nfe * one_eval) - 1) < 0.05, (r, one_eval)
+    assert abs(r["samples_per_sec"] * r["seconds"] - 3) < 1e-9
