@@ -5,9 +5,6 @@ accuracies through the launcher."""
 
 import datetime
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,23 +14,14 @@ from flax import nnx
 
 from genfm.experiments import data
 from genfm.experiments.configs import shakespeare_bert, toy_t5
-from genfm.experiments.data import text as text_data
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import mlm, seq2seq
 from genfm.transformers import bert, t5
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # strptime patterns of the four source formats, an independent parser of the generated text.
 PARSE = ("%B %d, %Y", "%d %B %Y", "%d %b %Y", "%d/%m/%Y")
 _WORDS = ("the", "king", "doth", "love", "thee", "and", "my", "lord", "shall", "not", "be",
           "so", "sweet", "a", "night", "O", "what", "is", "in", "name", "fair")
-
-
-def _launch(config, workdir, *overrides):
-  cmd = [sys.executable, "-m", "genfm.experiments.run",
-         f"--config={REPO}/experiments/configs/{config}", f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def _log_softmax(logits):
@@ -118,8 +106,8 @@ def _with(c, **overrides):
 
 
 @pytest.mark.slow
-def test_toy_t5_smoke_reaches_its_stated_exact_match(tmp_path):
-  proc = _launch("toy_t5.py:smoke", tmp_path)
+def test_toy_t5_smoke_reaches_its_stated_exact_match(tmp_path, launch):
+  proc = launch("toy_t5.py:smoke", tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)
@@ -208,15 +196,10 @@ def test_mlm_bad_configs_fail_clearly(corpus):
     mlm.MaskedLMTask(bad)
 
 
-_NEED_CORPUS = pytest.mark.skipif(
-    not text_data.corpus_path().is_file(),
-    reason=f"Shakespeare cache absent; run `{text_data.FETCH_COMMAND}`")
-
-
-@_NEED_CORPUS
+@pytest.mark.usefixtures("shakespeare_corpus")
 @pytest.mark.slow
-def test_shakespeare_bert_smoke_reaches_its_stated_accuracy(tmp_path):
-  proc = _launch("shakespeare_bert.py:smoke", tmp_path)
+def test_shakespeare_bert_smoke_reaches_its_stated_accuracy(tmp_path, launch):
+  proc = launch("shakespeare_bert.py:smoke", tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)

@@ -4,8 +4,6 @@ one line (exit status 2)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -22,17 +20,9 @@ from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.diffusion2d import Diffusion2DTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "experiments", "configs")
 # Stated in both configs. On moons (n = 2000): floor 0.0028, a Gaussian with the data's mean and
 # covariance 0.027, N(0, I) 0.19, the untrained network ≈ 110 (see the after_eval test).
 SMOKE_BOUND = 0.01
-
-
-def launch(config, workdir, *overrides):
-  cmd = [sys.executable, "-m", "genfm.experiments.run", f"--config={CONFIGS}/{config}",
-         f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def perturbed_model(task, seed=0):
@@ -166,7 +156,7 @@ def test_after_eval_reports_floor_of_disjoint_test_subsets_and_writes_png(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["toy2d_ddpm.py:smoke", "toy2d_score_sde.py:smoke"])
-def test_smoke_config_reaches_its_energy_distance_through_the_launcher(tmp_path, config):
+def test_smoke_config_reaches_its_energy_distance_through_the_launcher(tmp_path, config, launch):
   proc = launch(config, tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
@@ -178,7 +168,7 @@ def test_smoke_config_reaches_its_energy_distance_through_the_launcher(tmp_path,
 
 # --- bad input -----------------------------------------------------------------------------------
 
-def test_bad_sampler_and_prediction_are_one_line_errors(tmp_path):
+def test_bad_sampler_and_prediction_are_one_line_errors(tmp_path, launch):
   for i, (override, needles) in enumerate([
       ("--config.diffusion.sampler=heun", ("'heun'", "ddim, ddpm, dpm_solver_pp")),
       ("--config.diffusion.prediction=score", ("'score'", "eps, v, x0"))]):

@@ -5,8 +5,6 @@ accuracy, bad names give one line, and the bench entries measure what they claim
 
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -21,14 +19,6 @@ from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import get_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "experiments", "configs")
-
-
-def launch(config, workdir, *overrides):
-  cmd = [sys.executable, "-m", "genfm.experiments.run", f"--config={CONFIGS}/{config}",
-         f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def _train_params(config, num_steps: int):
@@ -80,7 +70,7 @@ def test_optimizer_smoke_reaches_stated_accuracy(tmp_path, optimizer):
   assert s["finished"] and s["test_accuracy"] >= 0.93, s
 
 
-def test_recipe_smoke_through_launcher(tmp_path):
+def test_recipe_smoke_through_launcher(tmp_path, launch):
   """`fashion_mlp.py:recipe_smoke` — BatchNorm + dropout + our AdamW + warmup-cosine — trains
   through the real launcher to its stated >= 0.95 on digits (measured 0.97)."""
   proc = launch("fashion_mlp.py:recipe_smoke", tmp_path)
@@ -97,7 +87,7 @@ def test_recipe_smoke_through_launcher(tmp_path):
   assert full.optimizer_impl == "genfm" and full.dataset == "fashion_mnist"
 
 
-def test_unknown_names_are_one_line_errors(tmp_path):
+def test_unknown_names_are_one_line_errors(tmp_path, launch):
   c = foundations_optimizers.get_config("adam_smoke")
   for key, bad, valid in (("optimizer_impl", "pytorch", "genfm, optax"),
                           ("optimizer", "lion", "adagrad, adam, adamw"),

@@ -4,8 +4,6 @@ the objective, samples are written, bad prompts fail clearly, and the smoke conf
 
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -16,12 +14,10 @@ from flax import nnx
 
 from genfm.experiments import data
 from genfm.experiments.configs import shakespeare_bpe, shakespeare_char
-from genfm.experiments.data import text as text_data
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import lm
 from genfm.transformers.tokenizer import BPETokenizer, CharTokenizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORDS = ("the", "king", "doth", "love", "thee", "and", "my", "lord", "shall", "not", "be",
           "so", "sweet", "a", "night", "O", "what", "is", "in", "name", "aaa", "fair")
 
@@ -228,21 +224,10 @@ def test_config_parameter_counts_match_their_docstrings():
 # -- through the launcher ------------------------------------------------------------------
 
 
-def _launch(config, workdir, *overrides):
-  cmd = [sys.executable, "-m", "genfm.experiments.run",
-         f"--config={REPO}/experiments/configs/{config}", f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
-_NEED_CORPUS = pytest.mark.skipif(not text_data.corpus_path().is_file(),
-                                  reason=f"Shakespeare cache absent; run `{text_data.FETCH_COMMAND}`")
-
-
-@_NEED_CORPUS
+@pytest.mark.usefixtures("shakespeare_corpus")
 @pytest.mark.slow
-def test_char_smoke_config_reaches_its_stated_loss(tmp_path):
-  proc = _launch("shakespeare_char.py:smoke", tmp_path)
+def test_char_smoke_config_reaches_its_stated_loss(tmp_path, launch):
+  proc = launch("shakespeare_char.py:smoke", tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)
@@ -252,9 +237,9 @@ def test_char_smoke_config_reaches_its_stated_loss(tmp_path):
   assert sample.count("HAMLET.\n") == 2
 
 
-@_NEED_CORPUS
-def test_launcher_reports_a_bad_prompt_in_one_line(tmp_path):
-  proc = _launch("shakespeare_char.py:smoke", tmp_path, "--config.sample_prompt=HAMLET§")
+@pytest.mark.usefixtures("shakespeare_corpus")
+def test_launcher_reports_a_bad_prompt_in_one_line(tmp_path, launch):
+  proc = launch("shakespeare_char.py:smoke", tmp_path, "--config.sample_prompt=HAMLET§")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "sample_prompt" in proc.stderr and "'§'" in proc.stderr
 

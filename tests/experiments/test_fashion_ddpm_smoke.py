@@ -20,17 +20,9 @@ from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.diffusion_image import DiffusionImageTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "experiments", "configs")
 # Stated in fashion_ddpm.py: smoke FD (n = 140 DDIM-20 samples, s = 2) measured 58.7 with floor
 # 5.6; the untrained network (zero output layer, ε̂ = 0) scores 128.5 with the same classifier.
 SMOKE_FD_BOUND = 100.0
-
-
-def launch(config, workdir, *overrides):
-  cmd = [sys.executable, "-m", "genfm.experiments.run", f"--config={CONFIGS}/{config}",
-         f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def test_loss_is_eq14_with_label_dropout():
@@ -101,7 +93,7 @@ def test_variants_build():
 
 
 @pytest.mark.slow   # ~1–2 min CPU: LeNet + U-Net compiles, 150 steps, 140 guided DDIM-20 samples
-def test_smoke_reaches_its_fd_through_the_launcher(tmp_path):
+def test_smoke_reaches_its_fd_through_the_launcher(tmp_path, launch):
   clf_dir = str(tmp_path / "clf")
   summary = train.train_and_evaluate(fashion_lenet.get_config("smoke"), clf_dir)
   assert summary["test_accuracy"] >= 0.95
