@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU checks of a lent device machine, in one call (device time is short: ~15 min a task).
+#
+#   bash experiments/gpu_check.sh OUTDIR [STAGES]      STAGES: a subset of "tests flash gpt ddpm"
+#
+# Expects genfm and its missing dependencies installed (the device tool's `.whl` recipe) and a
+# CUDA jaxlib. Each stage has its own time limit and writes OUTDIR/<stage>.{jsonl,log}, so a
+# stage that fails or runs out of time still leaves the others' numbers:
+#   tests  the kernel tests on the GPU (Triton-lowered Pallas, not the interpreter), fp32
+#          references at HIGHEST precision (XLA's GPU default for fp32 matmuls is TF32, which
+#          would miss the 1e-5 bound by itself)
+#   flash  flash_attention bench, bf16: head dim 128 at T = 1k/4k/16k and 64 at 4k, causal and
+#          not, Pallas vs XLA vs cuDNN, fwd and fwd+bwd TFLOP/s and temp memory
+#   gpt    gpt_train_step (CPU config, GPT-2-small fp32; GPT-2-small bf16 at context 1024 with
+#          XLA, cuDNN and our Pallas attention: MFU)
+#   ddpm   ddpm_train_step and diffusion_sample (the :gpu U-Net; DDPM-1000 last)
+#
+# On the device machine (wheels of genfm, grain, array_record, ml_collections, tensorboardX and
+# portpicker in .whl/, Fashion-MNIST's idx files in .whl/data/fashion-mnist/):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site GENFM_DATA_DIR=$PWD/.whl/data bash experiments/gpu_check.sh $OUT
+# Results of the H200 run: experiments/bench_results/h200_2026-11-30/ (README there).
+set -u
+OUT=${1:?usage: gpu_check.sh OUTDIR [STAGES]}
+STAGES=${2:-"tests flash gpt ddpm"}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+nvidia-smi -L 2>&1 | tee "$OUT/env.log"
+$PY -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())" \
+  2>&1 | tee -a "$OUT/env.log"
+
+stage() {  # stage NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
+  local t0=$SECONDS
+  timeout "$secs" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.log"
+  echo "== $name: exit $? after $((SECONDS - t0)) s (limit $secs s)"
+}
+
+stage tests 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m pytest -v --tb=short \
+  tests/kernels/test_kernels_flash.py tests/kernels/test_kernels_rms_norm.py
+[ -f "$OUT/tests.jsonl" ] && grep -E "FAILED|ERROR|passed|failed" "$OUT/tests.jsonl" | tail -n 20
+
+stage flash 150 $PY -c "
+import json
+from genfm.kernels import bench_flash
+emit = lambda r: print(json.dumps(r), flush=True)
+bench_flash.run(emit, head_dims=(128,), seq_lens=(1024, 4096, 16384))
+bench_flash.run(emit, head_dims=(64,), seq_lens=(4096,))
+"
+stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
+stage ddpm 80 $PY -c "
+import json
+from genfm.experiments import bench, bench_diffusion as bd
+bd.IMAGE_SAMPLERS = bd.IMAGE_SAMPLERS[1:] + bd.IMAGE_SAMPLERS[:1]   # DDPM-1000 last
+emit = lambda r: print(json.dumps(r), flush=True)
+bd.ddpm_train_step(emit)
+bd.image_sample(emit, bench.matmul_peak()['flops_per_sec'])
+"
+
+# The short table (the device reply carries only the end of the output).
+$PY - "$OUT" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+for name in ("flash", "gpt", "ddpm"):
+  path = out / f"{name}.jsonl"
+  if not path.exists():
+    continue
+  for line in path.read_text().splitlines():
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if r.get("name") == "flash_attention":
+      print("flash", r.get("impl"), "H", r.get("H"), "T", r.get("T"), "causal", r.get("causal"),
+            r.get("pass"), f"{r['tflops_per_sec']:.1f} TF/s" if "tflops_per_sec" in r else
+            r.get("error", "")[:160], r.get("temp_bytes", ""))
+    elif r.get("name") == "gpt_train_step":
+      print("gpt", r["shape"], r["dtype"], f"{r['seconds'] * 1e3:.1f} ms",
+            f"{r['tokens_per_sec']:.0f} tok/s",
+            f"model/peak {r['model_fraction_of_matmul_peak']:.3f}")
+    else:
+      print(name, {k: v for k, v in r.items() if k in ("name", "config", "sampler", "dtype",
+            "batch_size", "seconds", "flops_per_sec", "fraction_of_matmul_peak",
+            "examples_per_sec", "samples_per_sec", "device")})
+EOF
