@@ -14,6 +14,8 @@
 #   gpt    gpt_train_step (CPU config, GPT-2-small fp32; GPT-2-small bf16 at context 1024 with
 #          XLA, cuDNN and our Pallas attention: MFU)
 #   ddpm   ddpm_train_step and diffusion_sample (the :gpu U-Net; DDPM-1000 last)
+#   tune   (only when named) the Pallas tile/warps/stages sweep `bench_flash.tune` at H 128,
+#          T 16k, non-causal: 24 settings, each a Triton compile of three kernels
 #
 # On the device machine (wheels of genfm, grain, array_record, ml_collections, tensorboardX and
 # portpicker in .whl/, Fashion-MNIST's idx files in .whl/data/fashion-mnist/):
@@ -50,6 +52,11 @@ emit = lambda r: print(json.dumps(r), flush=True)
 bench_flash.run(emit, head_dims=(128,), seq_lens=(1024, 4096, 16384))
 bench_flash.run(emit, head_dims=(64,), seq_lens=(4096,))
 "
+stage tune 300 $PY -c "
+import json
+from genfm.kernels import bench_flash
+bench_flash.tune(lambda r: print(json.dumps(r), flush=True))
+"
 stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
 stage ddpm 80 $PY -c "
 import json
@@ -64,7 +71,7 @@ bd.image_sample(emit, bench.matmul_peak()['flops_per_sec'])
 $PY - "$OUT" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-for name in ("flash", "gpt", "ddpm"):
+for name in ("flash", "tune", "gpt", "ddpm"):
   path = out / f"{name}.jsonl"
   if not path.exists():
     continue
@@ -74,7 +81,7 @@ for name in ("flash", "gpt", "ddpm"):
     except json.JSONDecodeError:
       continue
     if r.get("name") == "flash_attention":
-      print("flash", r.get("impl"), "H", r.get("H"), "T", r.get("T"), "causal", r.get("causal"),
+      print(name, r.get("impl"), r.get("pallas_options", ""), "H", r.get("H"), "T", r.get("T"), "causal", r.get("causal"),
             r.get("pass"), f"{r['tflops_per_sec']:.1f} TF/s" if "tflops_per_sec" in r else
             r.get("error", "")[:160], r.get("temp_bytes", ""))
     elif r.get("name") == "gpt_train_step":

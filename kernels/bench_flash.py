@@ -11,10 +11,15 @@ so fwd+bwd counts 3.5 × forward. Memory is XLA's compiled temp allocation of th
 (``memory_analysis().temp_size_in_bytes``), side by side with the XLA reference: flash keeps it
 linear in T, the reference materialises [B, N, T, S] logits. On CPU it runs one tiny
 interpret-mode case, labelled ``"note": "interpret mode, not a speed figure"``.
+
+Measured on an H200 (jax 0.11.2, default tiles): H 128, T 16k: forward 299 TFLOP/s = 0.51x cuDNN,
+fwd+bwd 209 = 0.37x (WORKSPACE.md, *GPU benchmarks*). ``tune`` sweeps tiles, warps and
+pipelining stages for the next GPU session (``experiments/gpu_check.sh OUT tune``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -55,14 +60,22 @@ def _temp_bytes(compiled) -> int | None:
 
 
 def measure(impl: str, b: int, t: int, n: int, h: int, causal: bool, *, dtype=jnp.bfloat16,
-            iters: int = 10) -> list[dict]:
-  """Forward and fwd+bwd records for one implementation and shape (K = N, T = S)."""
+            iters: int = 10, pallas_options: dict | None = None) -> list[dict]:
+  """Forward and fwd+bwd records for one implementation and shape (K = N, T = S).
+
+  ``pallas_options``: keyword arguments of ``flash_attention`` (``block_sizes``, ``num_warps``,
+  ``num_stages``) for ``impl="pallas"``; they are recorded in each row.
+  """
+  if pallas_options and impl != "pallas":
+    raise ValueError(f"pallas_options apply to impl='pallas' only, got impl={impl!r}.")
   kq, kk, kv = jax.random.split(jax.random.key(0), 3)
   q = jax.random.normal(kq, (b, t, n, h), dtype)
   k = jax.random.normal(kk, (b, t, n, h), dtype)
   v = jax.random.normal(kv, (b, t, n, h), dtype)
 
   def attend(q_, k_, v_):
+    if pallas_options:
+      return fa.flash_attention(q_, k_, v_, is_causal=causal, **pallas_options)
     return fa.dot_product_attention(q_, k_, v_, is_causal=causal, implementation=impl)
 
   def loss(q_, k_, v_):
@@ -73,6 +86,9 @@ def measure(impl: str, b: int, t: int, n: int, h: int, causal: bool, *, dtype=jn
   base = {"name": "flash_attention", "impl": impl, "B": b, "T": t, "S": t, "N": n, "K": n,
           "H": h, "causal": causal, "dtype": jnp.dtype(dtype).name,
           "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
+  if pallas_options:
+    base["pallas_options"] = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                              for k, v in pallas_options.items()}
   records = []
   for label, fn, backward in (("fwd", fwd, False), ("fwd+bwd", step, True)):
     seconds = _median_seconds(lambda fn=fn: fn(q, k, v), iters)
@@ -106,6 +122,40 @@ def run(emit: Callable[[dict], None], *, head_dims=(64, 128),
           except Exception as e:  # pylint: disable=broad-except  # e.g. XLA OOM at 16k
             emit({"name": "flash_attention", "impl": impl, "B": b, "T": t, "N": n, "H": h,
                   "causal": causal, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+
+
+# Tile / launch settings for `tune` (the defaults of `fa.default_blocks("gpu")` are the first):
+# (block_q, block_k) of the forward and dQ kernels, (block_q_dkv, block_k_dkv) of dK/dV, warps,
+# software-pipelining stages. Untuned defaults measured 0.51x cuDNN forward on an H200.
+TUNE_CONFIGS = tuple(
+    (fa.BlockSizes(bq, bk, bq2, bk2), warps, stages)
+    for bq, bk in ((128, 64), (128, 128), (64, 64))
+    for bq2, bk2 in ((64, 64), (64, 128))
+    for warps in (4, 8)
+    for stages in (2, 3))
+
+
+def tune(emit: Callable[[dict], None], *, t: int = 16384, h: int = 128, causal: bool = False,
+         configs=TUNE_CONFIGS, iters: int = 10, b: int | None = None,
+         n: int | None = None) -> None:
+  """Pallas fwd and fwd+bwd TFLOP/s per tile/launch setting at one shape (by default the
+  bench's B·T = 16k tokens and N·H = 2048; `b`, `n` override them).
+
+  A sweep for a lent GPU: a failing setting (e.g. too much shared memory) is emitted as an
+  error row, not raised.
+  """
+  b = max(1, TOKENS // t) if b is None else b
+  n = WIDTH // h if n is None else n
+  for blocks, warps, stages in configs:
+    options = {"block_sizes": blocks, "num_warps": warps, "num_stages": stages}
+    try:
+      for record in measure("pallas", b, t, n, h, causal, iters=iters, pallas_options=options):
+        emit(record)
+    except Exception as e:  # pylint: disable=broad-except
+      emit({"name": "flash_attention", "impl": "pallas", "T": t, "H": h, "causal": causal,
+            "pallas_options": {"block_sizes": dataclasses.asdict(blocks), "num_warps": warps,
+                               "num_stages": stages},
+            "error": f"{type(e).__name__}: {str(e)[:300]}"})
 
 
 if __name__ == "__main__":

@@ -47,3 +47,19 @@ def test_flash_temp_memory_is_linear_in_length_xla_quadratic():
   assert 1.8 < pallas[1] / pallas[0] < 2.2, pallas
   assert xla[1] / xla[0] > 3.5, xla
   assert pallas[1] < xla[1]
+
+
+def test_tune_records_each_setting_and_reports_bad_ones_as_rows():
+  """The tile sweep for a lent GPU, run tiny in interpret mode: one fwd and one fwd+bwd row per
+  valid setting, labelled with its options; an invalid tile becomes an error row, not a raise."""
+  rows = []
+  configs = ((fa.BlockSizes(32, 32, 32, 32), 4, 2), (fa.BlockSizes(0, 32, 32, 32), 4, 2))
+  bench_flash.tune(rows.append, t=64, h=16, causal=True, configs=configs, iters=1, b=1, n=2)
+  ok = [r for r in rows if "error" not in r]
+  assert [r["pass"] for r in ok] == ["fwd", "fwd+bwd"]
+  assert ok[0]["pallas_options"]["block_sizes"]["block_q"] == 32
+  assert ok[0]["flops"] == bench_flash.attention_flops(1, 2, 64, 64, 16, True)
+  (bad,) = [r for r in rows if "error" in r]
+  assert "positive" in bad["error"] and bad["pallas_options"]["block_sizes"]["block_q"] == 0
+  with pytest.raises(ValueError, match="impl='pallas' only"):
+    bench_flash.measure("xla", 1, 8, 1, 16, False, pallas_options={"num_warps": 4})
