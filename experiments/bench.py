@@ -59,25 +59,32 @@ def bench_matmul_peak() -> None:
   emit(matmul_peak())
 
 
+def train_step_record(task, cfg, *, name: str, config_label: str, peak: float,
+                      iters: int = 20) -> dict:
+  """Step time and FLOP/s of `task`'s jitted launcher train step on one real batch of
+  `cfg.batch_size`, with the fraction of `peak` (FLOP/s)."""
+  from genfm.experiments import data, train
+
+  graph_train, _, state, tx = train.init_state(task, cfg)
+  step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
+  batch = jax.tree.map(jnp.asarray, next(data.make_iterator(task.train_source(),
+                                                            batch_size=cfg.batch_size, seed=0)))
+  flops = compiled_flops(step, state, batch)
+  t = time_fn(lambda s: step(s, batch)[1]["loss"], state, iters=iters)
+  return {"name": name, "config": config_label, "batch_size": cfg.batch_size, "seconds": t,
+          "examples_per_sec": cfg.batch_size / t, "flops_per_step": flops,
+          "flops_per_sec": flops / t if flops else None,
+          "fraction_of_matmul_peak": flops / t / peak if flops else None}
+
+
 def bench_train_step(config_name: str, label: str, batch_size: int = 128) -> None:
   """Step time and FLOP/s of a config's jitted train step on one real batch."""
-  from genfm.experiments import data, train
   from genfm.experiments.tasks import get_task
 
   cfg = importlib.import_module(f"genfm.experiments.configs.{config_name}").get_config()
   cfg.batch_size = batch_size
-  task = get_task(cfg)
-  graph_train, _, state, tx = train.init_state(task, cfg)
-  step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
-  batch = jax.tree.map(jnp.asarray, next(data.make_iterator(task.train_source(),
-                                                            batch_size=batch_size, seed=0)))
-  flops = compiled_flops(step, state, batch)
-  t = time_fn(lambda s: step(s, batch)[1]["loss"], state, iters=20)
-  peak = matmul_peak()["flops_per_sec"]
-  emit({"name": label, "config": config_name, "batch_size": batch_size, "seconds": t,
-        "examples_per_sec": batch_size / t, "flops_per_step": flops,
-        "flops_per_sec": flops / t if flops else None,
-        "fraction_of_matmul_peak": flops / t / peak if flops else None})
+  emit(train_step_record(get_task(cfg), cfg, name=label, config_label=config_name,
+                         peak=matmul_peak()["flops_per_sec"]))
 
 
 # name -> a function of no arguments, or "module:function" (imported lazily) taking `emit`.

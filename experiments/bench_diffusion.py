@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from genfm.experiments import bench, data, train
+from genfm.experiments import bench
 from genfm.diffusion import guidance
 from genfm.experiments.configs import fashion_ddpm, toy2d_ddpm, toy2d_score_sde
 from genfm.experiments.tasks.diffusion2d import Diffusion2DTask
@@ -30,16 +30,23 @@ TRAIN_BATCHES = (256, 4096)
 SAMPLE_BATCH = 2000
 
 
+def _image_variant() -> str:
+  """fashion_ddpm's CPU config on CPU, its `:gpu` config on an accelerator."""
+  return "" if jax.default_backend() == "cpu" else "gpu"
+
+
 def image_batches() -> tuple[int, int]:
   """(train, sample) batch of the U-Net rows: the CPU config's 32 and a sampling batch of 4 on
   CPU (guided DDPM-1000 there takes ~15 s per image); the :gpu config's 128 and 256 elsewhere."""
-  return (32, 4) if jax.default_backend() == "cpu" else (128, 256)
+  return (128, 256) if _image_variant() else (32, 4)
 
 
-def _image_task(variant: str = "") -> DiffusionImageTask:
+def _image_task() -> tuple[DiffusionImageTask, str]:
+  """(task, its config label) of the U-Net rows."""
+  variant = _image_variant()
   cfg = fashion_ddpm.get_config(variant)
   cfg.fid_classifier_workdir = ""      # the bench needs no FID classifier
-  return DiffusionImageTask(cfg)
+  return DiffusionImageTask(cfg), "fashion_ddpm" + (f":{variant}" if variant else "")
 
 
 def ddpm_train_step(emit) -> None:
@@ -47,32 +54,13 @@ def ddpm_train_step(emit) -> None:
   for batch_size in TRAIN_BATCHES:
     cfg = toy2d_ddpm.get_config("moons")
     cfg.batch_size = batch_size
-    task = Diffusion2DTask(cfg)
-    graph_train, _, state, tx = train.init_state(task, cfg)
-    step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
-    batch = jax.tree.map(jnp.asarray, next(data.make_iterator(
-        task.train_source(), batch_size=batch_size, seed=0)))
-    flops = bench.compiled_flops(step, state, batch)
-    t = bench.time_fn(lambda s: step(s, batch)[1]["loss"], state, iters=20)
-    emit({"name": "ddpm_train_step", "config": "toy2d_ddpm:moons", "batch_size": batch_size,
-          "seconds": t, "examples_per_sec": batch_size / t, "flops_per_step": flops,
-          "flops_per_sec": flops / t if flops else None,
-          "fraction_of_matmul_peak": flops / t / peak if flops else None,
+    emit({**bench.train_step_record(Diffusion2DTask(cfg), cfg, name="ddpm_train_step",
+                                    config_label="toy2d_ddpm:moons", peak=peak),
           "backend": jax.default_backend()})
-  variant = "" if jax.default_backend() == "cpu" else "gpu"
-  task = _image_task(variant)
-  cfg = task.config
-  cfg.batch_size = image_batches()[0]
-  graph_train, _, state, tx = train.init_state(task, cfg)
-  step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
-  batch = jax.tree.map(jnp.asarray, next(data.make_iterator(
-      task.train_source(), batch_size=cfg.batch_size, seed=0)))
-  flops = bench.compiled_flops(step, state, batch)
-  t = bench.time_fn(lambda s: step(s, batch)[1]["loss"], state, iters=5)
-  emit({"name": "ddpm_train_step", "config": f"fashion_ddpm{':' + variant if variant else ''}",
-        "batch_size": cfg.batch_size, "seconds": t, "examples_per_sec": cfg.batch_size / t,
-        "flops_per_step": flops, "flops_per_sec": flops / t if flops else None,
-        "fraction_of_matmul_peak": flops / t / peak if flops else None,
+  task, label = _image_task()
+  task.config.batch_size = image_batches()[0]
+  emit({**bench.train_step_record(task, task.config, name="ddpm_train_step",
+                                  config_label=label, peak=peak, iters=5),
         "backend": jax.default_backend()})
 
 
@@ -121,8 +109,7 @@ IMAGE_SAMPLERS = (("ddpm_1000", "ddpm", None, 1000), ("ddim_50", "ddim", 50, 50)
 
 def image_sample(emit, peak: float) -> None:
   """Guided U-Net samples/s (fashion_ddpm's network, untrained: the cost is the same)."""
-  variant = "" if jax.default_backend() == "cpu" else "gpu"
-  task = _image_task(variant)
+  task, config_label = _image_task()
   batch = image_batches()[1]
   model = task.build_model(nnx.Rngs(0))
   model.eval()
@@ -136,8 +123,7 @@ def image_sample(emit, peak: float) -> None:
     fn = task.sample_fn(graphdef, sampler, steps)
     flops = net_flops * nfe if net_flops else None
     t = bench.time_fn(fn, state, jax.random.key(0), labels, warmup=1, iters=1)
-    emit({"name": "diffusion_sample", "model": f"fashion_ddpm{':' + variant if variant else ''}"
-          " U-Net, guided", "sampler": label, "batch_size": batch, "network_evals": nfe,
+    emit({"name": "diffusion_sample", "model": f"{config_label} U-Net, guided", "sampler": label, "batch_size": batch, "network_evals": nfe,
           "seconds": t, "samples_per_sec": batch / t, "flops_per_call": flops,
           "flops_per_sec": flops / t if flops else None,
           "fraction_of_matmul_peak": flops / t / peak if flops else None,

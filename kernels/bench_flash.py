@@ -59,6 +59,18 @@ def _temp_bytes(compiled) -> int | None:
     return None
 
 
+def _options_record(options: dict) -> dict:
+  """`flash_attention` keyword arguments as JSON (BlockSizes as a dict)."""
+  return {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+          for k, v in options.items()}
+
+
+def _error_record(impl: str, t: int, h: int, causal: bool, error: Exception, **extra) -> dict:
+  """A bench row for a setting that failed (e.g. XLA out of memory, too much shared memory)."""
+  return {"name": "flash_attention", "impl": impl, "T": t, "H": h, "causal": causal, **extra,
+          "error": f"{type(error).__name__}: {str(error)[:300]}"}
+
+
 def measure(impl: str, b: int, t: int, n: int, h: int, causal: bool, *, dtype=jnp.bfloat16,
             iters: int = 10, pallas_options: dict | None = None) -> list[dict]:
   """Forward and fwd+bwd records for one implementation and shape (K = N, T = S).
@@ -87,8 +99,7 @@ def measure(impl: str, b: int, t: int, n: int, h: int, causal: bool, *, dtype=jn
           "H": h, "causal": causal, "dtype": jnp.dtype(dtype).name,
           "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
   if pallas_options:
-    base["pallas_options"] = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-                              for k, v in pallas_options.items()}
+    base["pallas_options"] = _options_record(pallas_options)
   records = []
   for label, fn, backward in (("fwd", fwd, False), ("fwd+bwd", step, True)):
     seconds = _median_seconds(lambda fn=fn: fn(q, k, v), iters)
@@ -120,8 +131,7 @@ def run(emit: Callable[[dict], None], *, head_dims=(64, 128),
             for record in measure(impl, b, t, n, h, causal):
               emit(record)
           except Exception as e:  # pylint: disable=broad-except  # e.g. XLA OOM at 16k
-            emit({"name": "flash_attention", "impl": impl, "B": b, "T": t, "N": n, "H": h,
-                  "causal": causal, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            emit(_error_record(impl, t, h, causal, e, B=b, N=n))
 
 
 # Tile / launch settings for `tune` (the defaults of `fa.default_blocks("gpu")` are the first):
@@ -152,10 +162,7 @@ def tune(emit: Callable[[dict], None], *, t: int = 16384, h: int = 128, causal: 
       for record in measure("pallas", b, t, n, h, causal, iters=iters, pallas_options=options):
         emit(record)
     except Exception as e:  # pylint: disable=broad-except
-      emit({"name": "flash_attention", "impl": "pallas", "T": t, "H": h, "causal": causal,
-            "pallas_options": {"block_sizes": dataclasses.asdict(blocks), "num_warps": warps,
-                               "num_stages": stages},
-            "error": f"{type(e).__name__}: {str(e)[:300]}"})
+      emit(_error_record("pallas", t, h, causal, e, pallas_options=_options_record(options)))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_image_sample_rows_count_two_unet_evals_per_guided_step(monkeypatch):
   cfg = fashion_ddpm.get_config("smoke")
   cfg.fid_classifier_workdir = ""
   task = DiffusionImageTask(cfg)
-  monkeypatch.setattr(bench_diffusion, "_image_task", lambda variant="": task)
+  monkeypatch.setattr(bench_diffusion, "_image_task", lambda: (task, "fashion_ddpm:smoke"))
   monkeypatch.setattr(bench_diffusion, "image_batches", lambda: (4, 3))
   monkeypatch.setattr(bench_diffusion, "IMAGE_SAMPLERS",
                       (("ddim_2", "ddim", 2, 2), ("dpm_solver_pp_3", "dpm_solver_pp", 3, 3)))
