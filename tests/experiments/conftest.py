@@ -48,7 +48,8 @@ def _launch(config, workdir, *overrides, timeout=900):
 
 @pytest.fixture
 def launch():
-  """`launch(config, workdir, *overrides) -> CompletedProcess` through the launcher."""
+  """`launch(config, workdir, *overrides, timeout=900) -> CompletedProcess` through the
+  launcher; `timeout` (seconds) turns a hung run into a failure."""
   return _launch
 
 

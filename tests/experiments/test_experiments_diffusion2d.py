@@ -157,7 +157,7 @@ def test_after_eval_reports_floor_of_disjoint_test_subsets_and_writes_png(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["toy2d_ddpm.py:smoke", "toy2d_score_sde.py:smoke"])
 def test_smoke_config_reaches_its_energy_distance_through_the_launcher(tmp_path, config, launch):
-  proc = launch(config, tmp_path)
+  proc = launch(config, tmp_path, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)
@@ -172,7 +172,7 @@ def test_bad_sampler_and_prediction_are_one_line_errors(tmp_path, launch):
   for i, (override, needles) in enumerate([
       ("--config.diffusion.sampler=heun", ("'heun'", "ddim, ddpm, dpm_solver_pp")),
       ("--config.diffusion.prediction=score", ("'score'", "eps, v, x0"))]):
-    proc = launch("toy2d_ddpm.py:smoke", tmp_path / str(i), override)
+    proc = launch("toy2d_ddpm.py:smoke", tmp_path / str(i), override, timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for n in needles:

@@ -73,7 +73,7 @@ def test_optimizer_smoke_reaches_stated_accuracy(tmp_path, optimizer):
 def test_recipe_smoke_through_launcher(tmp_path, launch):
   """`fashion_mlp.py:recipe_smoke` — BatchNorm + dropout + our AdamW + warmup-cosine — trains
   through the real launcher to its stated >= 0.95 on digits (measured 0.97)."""
-  proc = launch("fashion_mlp.py:recipe_smoke", tmp_path)
+  proc = launch("fashion_mlp.py:recipe_smoke", tmp_path, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)
@@ -101,7 +101,7 @@ def test_unknown_names_are_one_line_errors(tmp_path, launch):
   with pytest.raises(ValueError, match="unknown variant 'adam_tiny'.*'adam_smoke'"):
     foundations_optimizers.get_config("adam_tiny")
   proc = launch("foundations_optimizers.py:adam_smoke", tmp_path,
-                "--config.optimizer_impl=pytorch")
+                "--config.optimizer_impl=pytorch", timeout=300)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "valid choices: genfm, optax" in proc.stderr
 

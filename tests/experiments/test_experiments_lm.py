@@ -227,7 +227,7 @@ def test_config_parameter_counts_match_their_docstrings():
 @pytest.mark.usefixtures("shakespeare_corpus")
 @pytest.mark.slow
 def test_char_smoke_config_reaches_its_stated_loss(tmp_path, launch):
-  proc = launch("shakespeare_char.py:smoke", tmp_path)
+  proc = launch("shakespeare_char.py:smoke", tmp_path, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "summary.json") as f:
     s = json.load(f)
@@ -239,7 +239,7 @@ def test_char_smoke_config_reaches_its_stated_loss(tmp_path, launch):
 
 @pytest.mark.usefixtures("shakespeare_corpus")
 def test_launcher_reports_a_bad_prompt_in_one_line(tmp_path, launch):
-  proc = launch("shakespeare_char.py:smoke", tmp_path, "--config.sample_prompt=HAMLET§")
+  proc = launch("shakespeare_char.py:smoke", tmp_path, "--config.sample_prompt=HAMLET§", timeout=600)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "sample_prompt" in proc.stderr and "'§'" in proc.stderr
 

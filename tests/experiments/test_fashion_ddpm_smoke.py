@@ -99,13 +99,13 @@ def test_smoke_reaches_its_fd_through_the_launcher(tmp_path, launch):
   assert summary["test_accuracy"] >= 0.95
 
   missing = launch("fashion_ddpm.py:smoke", str(tmp_path / "no_clf"),
-                   f"--config.fid_classifier_workdir={tmp_path / 'nowhere'}")
+                   f"--config.fid_classifier_workdir={tmp_path / 'nowhere'}", timeout=600)
   assert missing.returncode == 2, missing.stderr[-2000:]
   assert "fashion_lenet.py" in missing.stderr and "Traceback" not in missing.stderr
 
   workdir = tmp_path / "ddpm"
   proc = launch("fashion_ddpm.py:smoke", str(workdir),
-                f"--config.fid_classifier_workdir={clf_dir}")
+                f"--config.fid_classifier_workdir={clf_dir}", timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(workdir / "summary.json") as f:
     s = json.load(f)
