@@ -13,9 +13,12 @@
 #          not, Pallas vs XLA vs cuDNN, fwd and fwd+bwd TFLOP/s and temp memory
 #   gpt    gpt_train_step (CPU config, GPT-2-small fp32; GPT-2-small bf16 at context 1024 with
 #          XLA, cuDNN and our Pallas attention: MFU)
-#   ddpm   ddpm_train_step and diffusion_sample (the :gpu U-Net; DDPM-1000 last)
+#   ddpm   ddpm_train_step and diffusion_sample (2-D MLP and the :gpu U-Net; DDPM-1000 last;
+#          80 s on the H200 ended before the U-Net sampling rows)
 #   tune   (only when named) the Pallas tile/warps/stages sweep `bench_flash.tune` at H 128,
 #          T 16k, non-causal: 24 settings, each a Triton compile of three kernels
+#
+# Limits are ceilings; on the H200 the stages took tests 146 s, flash 68 s, gpt 81 s.
 #
 # On the device machine (wheels of genfm, grain, array_record, ml_collections, tensorboardX and
 # portpicker in .whl/, Fashion-MNIST's idx files in .whl/data/fashion-mnist/):
@@ -58,14 +61,7 @@ from genfm.kernels import bench_flash
 bench_flash.tune(lambda r: print(json.dumps(r), flush=True))
 "
 stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
-stage ddpm 80 $PY -c "
-import json
-from genfm.experiments import bench, bench_diffusion as bd
-bd.IMAGE_SAMPLERS = bd.IMAGE_SAMPLERS[1:] + bd.IMAGE_SAMPLERS[:1]   # DDPM-1000 last
-emit = lambda r: print(json.dumps(r), flush=True)
-bd.ddpm_train_step(emit)
-bd.image_sample(emit, bench.matmul_peak()['flops_per_sec'])
-"
+stage ddpm 200 $PY -m genfm.experiments.bench ddpm_train_step diffusion_sample
 
 # The short table (the device reply carries only the end of the output).
 $PY - "$OUT" <<'EOF'
