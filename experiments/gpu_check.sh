@@ -17,11 +17,19 @@
 #          80 s on the H200 ended before the U-Net sampling rows)
 #   tune   (only when named) the Pallas tile/warps/stages sweep `bench_flash.tune` at H 128,
 #          T 16k, non-causal: 24 settings, each a Triton compile of three kernels
+#   char   (only when named) the launcher run of shakespeare_char:big_gpu (nanoGPT's GPU recipe,
+#          1.2 TFLOP a step x 5,000 steps; needs the Shakespeare corpus in $GENFM_DATA_DIR)
+#   fashion (only when named) the FID classifier fashion_lenet, then fashion_ddpm:gpu (15k steps,
+#          23.8 ms each on the H200 => ~6 min, two evals of 5,000 guided DDIM-50 samples)
+#   Each run's summary, metrics, samples and log are copied to OUTDIR/runs/<workdir>/; the
+#   workdirs stay in runs/ (ignored), so a run cut by its limit resumes in a later call while
+#   the machine is still warm.
 #
 # Limits are ceilings; on the H200 the stages took tests 146 s, flash 68 s, gpt 81 s.
 #
 # On the device machine (wheels of genfm, grain, array_record, ml_collections, tensorboardX and
-# portpicker in .whl/, Fashion-MNIST's idx files in .whl/data/fashion-mnist/):
+# portpicker in .whl/, Fashion-MNIST's idx files in .whl/data/fashion-mnist/, and for `char` the
+# corpus: mkdir -p .whl/data/shakespeare; cp ~/.cache/genfm/shakespeare/shakespeare.txt .whl/data/shakespeare/):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   PYTHONPATH=/tmp/site GENFM_DATA_DIR=$PWD/.whl/data bash experiments/gpu_check.sh $OUT
 # Results of the H200 run: experiments/bench_results/h200_2026-11-30/ (README there).
@@ -60,6 +68,16 @@ import json
 from genfm.kernels import bench_flash
 bench_flash.tune(lambda r: print(json.dumps(r), flush=True))
 "
+train() {  # train CONFIG WORKDIR [FLAGS]: a launcher run; its small files go to $OUT/runs/WORKDIR
+  $PY -m genfm.experiments.run --config="experiments/configs/$1" --workdir="runs/$2" "${@:3}" \
+    || return
+  mkdir -p "$OUT/runs/$2"
+  find "runs/$2" -maxdepth 1 -type f -size -8M -exec cp {} "$OUT/runs/$2/" \;
+}
+export -f train; export OUT PY
+stage char 420 bash -c 'train shakespeare_char.py:big_gpu gpu_char_big'
+stage fashion 560 bash -c 'train fashion_lenet.py gpu_fashion_lenet && train fashion_ddpm.py:gpu \
+  gpu_fashion_ddpm --config.fid_classifier_workdir=runs/gpu_fashion_lenet'
 stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
 stage ddpm 200 $PY -m genfm.experiments.bench ddpm_train_step diffusion_sample
 
@@ -67,6 +85,8 @@ stage ddpm 200 $PY -m genfm.experiments.bench ddpm_train_step diffusion_sample
 $PY - "$OUT" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
+for summary in sorted(out.glob("runs/*/summary.json")):
+  print("run", summary.parent.name, summary.read_text().strip()[:400])
 for name in ("flash", "tune", "gpt", "ddpm"):
   path = out / f"{name}.jsonl"
   if not path.exists():

@@ -24,10 +24,12 @@ Measured: test ε-loss 0.0412; FD (n = 500, LeNet features, guidance s = 2, DDIM
           dequantisation, 32×32 padded = 1,024 dims): 3.03 ± 0.78 (std over images; 566 NFE).
 Expect:   eval metric `fd` ≤ 15 at n = 500 (measured 12.54); floor ≈ 2.9.
 `:gpu` — the full-size setting (DDPM's CIFAR-10 U-Net shape scaled to 1 channel: 64/128/128,
-          2 res blocks, attention at 16 and 8, dropout 0.1, batch 128, 40k steps, lr 2e-4;
-          n = 5000 samples). Step time measured on an H200 (`genfm-bench ddpm_train_step`):
-          23.8 ms ⇒ ~16 min of training plus evals. The run itself and its FD are NOT measured
-          yet: the device time lent so far (15 min) went to the kernel and LLM benchmarks.
+          2 res blocks, attention at 16 and 8, dropout 0.1, batch 128, 15k steps, lr 2e-4;
+          n = 5000 samples), sized to one 10-minute device call with the FID classifier:
+          `bash experiments/gpu_check.sh OUT fashion`. Step time measured on an H200
+          (`genfm-bench ddpm_train_step`): 23.8 ms ⇒ ~6 min of training plus evals. The run
+          itself and its FD are NOT measured yet: no GPU was lent for it so far (the 15 device-
+          minutes of 2026-11-30 went to the kernel and LLM benchmarks; none on 2026-12-01).
 `:smoke` — sklearn digits (8×8, no padding), a tiny U-Net (8/16, 41,961 params), 150 steps,
           n = 140 DDIM-20 samples; 88 s CPU time (7 min wall under load 13, mostly compiles).
           Needs a digits classifier: `fashion_lenet.py:smoke` into runs/fashion_lenet_smoke (or
@@ -87,7 +89,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.batch_size, c.eval_batch_size, c.learning_rate = 128, 1000, 2e-4
     c.warmup_steps = 1000
     c.eval.num_samples, c.eval.sample_batch_size = 5000, 1000
-    set_schedule(c, 40_000, log=500, eval_=10_000, checkpoint=5000)
+    set_schedule(c, 15_000, log=500, eval_=7_500, checkpoint=2_500)
   if variant == "smoke":
     c.name, c.dataset, c.pad = "fashion_ddpm_smoke", "digits", 0
     c.model.base_channels, c.model.channel_mults, c.model.num_groups = 8, (1, 2), 4

@@ -206,7 +206,8 @@ def test_config_parameter_counts_match_their_docstrings():
   from genfm.transformers import gpt
   counts = {}
   for mod, variant in ((shakespeare_char, ""), (shakespeare_char, "modern"),
-                       (shakespeare_char, "big"), (shakespeare_bpe, ""), (shakespeare_bpe, "moe")):
+                       (shakespeare_char, "big"), (shakespeare_char, "big_gpu"),
+                       (shakespeare_bpe, ""), (shakespeare_bpe, "moe")):
     c = mod.get_config(variant)
     vocab = 84 if c.tokenizer == "char" else c.vocab_size
     cfg = gpt.GPTConfig(vocab_size=vocab, **c.model)
@@ -216,7 +217,7 @@ def test_config_parameter_counts_match_their_docstrings():
     assert sum(x.size for x in jax.tree.leaves(shapes)) == gpt.param_count(cfg)
   assert counts["shakespeare_char:"][0] == 812_288
   assert counts["shakespeare_char:modern"][0] == 811_648          # equal within 0.1%
-  assert counts["shakespeare_char:big"][0] == 10_778_112
+  assert counts["shakespeare_char:big"][0] == counts["shakespeare_char:big_gpu"][0] == 10_778_112
   assert counts["shakespeare_bpe:"][0] == 867_072
   assert counts["shakespeare_bpe:moe"] == (1_390_848, 866_560)     # active = dense within 0.1%
 
