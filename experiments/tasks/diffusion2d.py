@@ -82,6 +82,17 @@ def _choice(what: str, got, valid) -> None:
     raise unknown_choice(what, got, valid)
 
 
+def _ddpm_schedule(d) -> schedules.Schedule:
+  """`config.diffusion`'s discrete schedule, its sample step count checked against T."""
+  try:
+    sched = schedules.make_schedule(d.schedule, d.num_timesteps)
+    if d.sampler != "ddpm":
+      samplers.timesteps(d.num_timesteps, d.sample_steps)   # validates 1 ≤ steps ≤ T
+  except ValueError as e:
+    raise ConfigError(f"config.diffusion: {e}") from None
+  return sched
+
+
 class Diffusion2DTask(Task):
   """`config.dataset` ∈ {moons, eight_gaussians, swiss_roll} → MLP denoiser → DDPM or score SDE."""
 
@@ -98,12 +109,7 @@ class Diffusion2DTask(Task):
       _choice("config.diffusion.sampler", d.sampler, DDPM_SAMPLERS)
       _choice("config.diffusion.schedule", d.schedule, schedules.SCHEDULES)
       _choice("config.diffusion.variance", d.variance, samplers.VARIANCES)
-      try:
-        self.sched = schedules.make_schedule(d.schedule, d.num_timesteps)
-        if d.sampler != "ddpm":
-          samplers.timesteps(d.num_timesteps, d.sample_steps)   # validates 1 ≤ steps ≤ T
-      except ValueError as e:
-        raise ConfigError(f"config.diffusion: {e}") from None
+      self.sched = _ddpm_schedule(d)
     else:
       _choice("config.diffusion.prediction", d.prediction, SDE_PREDICTIONS)
       _choice("config.diffusion.sampler", d.sampler, SDE_SAMPLERS)

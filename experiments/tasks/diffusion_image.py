@@ -38,20 +38,15 @@ from genfm.diffusion import samplers
 from genfm.diffusion import schedules
 from genfm.diffusion.unet import UNet, UNetConfig
 from genfm.experiments import data
-from genfm.experiments.errors import ConfigError, unknown_choice
+from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
 # Batch-sharded draws and gathers on the loop's Explicit mesh (shared with the 2-D task).
-from genfm.experiments.tasks.diffusion2d import _batch_sharding, _take
+from genfm.experiments.tasks.diffusion2d import _batch_sharding, _choice, _ddpm_schedule, _take
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                       "Sneaker", "Bag", "Ankle boot"),
 }
-
-
-def _choice(what: str, got, valid) -> None:
-  if got not in valid:
-    raise unknown_choice(what, got, valid)
 
 
 def _replicated(x: jax.Array) -> jax.Array:
@@ -105,12 +100,7 @@ class DiffusionImageTask(Task):
     if d.guidance_scale != 1.0 and d.p_uncond == 0.0:
       raise ConfigError(f"config.diffusion.guidance_scale={d.guidance_scale} needs an "
                         "unconditional model: train with config.diffusion.p_uncond > 0 (0.1)")
-    try:
-      self.sched = schedules.make_schedule(d.schedule, d.num_timesteps)
-      if d.sampler != "ddpm":
-        samplers.timesteps(d.num_timesteps, d.sample_steps)    # validates 1 ≤ steps ≤ T
-    except ValueError as e:
-      raise ConfigError(f"config.diffusion: {e}") from None
+    self.sched = _ddpm_schedule(d)
     n = config.eval.num_samples
     if not isinstance(n, int) or n < 2:
       raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
