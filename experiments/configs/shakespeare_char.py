@@ -19,12 +19,20 @@ Expect:   validation_loss 1.8779 nats/char at step 2,000 (summary.json), on the 
           validation_loss 1.6807 at step 2,000 on the same whole split (step 1,000: 1.8071,
           default 2.0529), beating the default's 1.8779 by 0.197 nats/char; 9.7 min wall.
           Command: the one above with `:modern` and --workdir=runs/char_gpt_modern.
-          `:big` (6 layers, 6 heads, width 384, context 256, batch 64, 5,000 steps, 10.8M
-          params, 1.2 TFLOP per step): a GPU config, not run here. Its step, measured on this
-          CPU (the launcher's jitted `train.make_train_step`, 2nd step, process CPU time):
-          30.3 CPU-s per step (495 s wall on the loaded machine; ≈ 40 GFLOP/s per core) ⇒
-          5,000 steps ≈ 42 CPU-hours, ≈ 21 h wall with both cores free (CPU-s / 2).
-          nanoGPT reports 1.47 on tiny-shakespeare at this shape.
+          `:big` — the bigger shape (6 layers, 6 heads, width 384, context 256, 10,778,112
+          params, 13x the default), sized for this CPU: batch 16, 2,000 steps (8.2M tokens,
+          1.8 passes over the train split), dropout 0.1, the same optimizer. Command: the one
+          above with `:big` and --workdir=runs/char_big.
+          validation_loss 1.5070 nats/char at step 2,000 on the whole validation split (1,975
+          windows of 256, 505,600 chars); steps 500 / 1,000 / 1,500: 1.9211 / 1.6816 / 1.5653
+          (still falling at the end: more steps would help). 0.174 below `:modern`, 0.371
+          below the default. Run time 1h38m wall on the otherwise idle 2-core CPU (2.7 s/step
+          for 0.29 TFLOP, ≈ 108 GFLOP/s, 61 % of the 177 GFLOP/s matmul peak; four whole-split
+          evals of ~2 min each included). Samples: runs/char_big/samples_step2000.txt.
+          `:big_gpu` — nanoGPT's GPU recipe at the same shape: batch 64, 5,000 steps (82M
+          tokens), dropout 0.2; 1.2 TFLOP a step. Not run yet: on this CPU 30.3 CPU-s a step
+          (≈ 21 h wall); `bash experiments/gpu_check.sh OUT char` runs it on a lent GPU.
+          nanoGPT reports 1.47 at this recipe on tiny-shakespeare (a different, 1.1M-char corpus).
           `:smoke` (seconds of compute) validation_loss <= 2.6 nats/char (measured 2.388 with
           this optimizer, 2.40 before), far below ln 84 = 4.43.
 """
