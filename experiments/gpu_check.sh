@@ -68,16 +68,18 @@ import json
 from genfm.kernels import bench_flash
 bench_flash.tune(lambda r: print(json.dumps(r), flush=True))
 "
-train() {  # train CONFIG WORKDIR [FLAGS]: a launcher run; its small files go to $OUT/runs/WORKDIR
-  $PY -m genfm.experiments.run --config="experiments/configs/$1" --workdir="runs/$2" "${@:3}" \
-    || return
-  mkdir -p "$OUT/runs/$2"
-  find "runs/$2" -maxdepth 1 -type f -size -8M -exec cp {} "$OUT/runs/$2/" \;
+train() {  # train CONFIG WORKDIR [FLAGS]: a launcher run into runs/WORKDIR
+  $PY -m genfm.experiments.run --config="experiments/configs/$1" --workdir="runs/$2" "${@:3}"
 }
-export -f train; export OUT PY
+export -f train; export PY
 stage char 420 bash -c 'train shakespeare_char.py:big_gpu gpu_char_big'
 stage fashion 560 bash -c 'train fashion_lenet.py gpu_fashion_lenet && train fashion_ddpm.py:gpu \
   gpu_fashion_ddpm --config.fid_classifier_workdir=runs/gpu_fashion_lenet'
+# The runs' small files (summary, metrics, samples; not checkpoints), also of a run cut by its limit.
+for run in runs/gpu_*/; do
+  [ -d "$run" ] || continue
+  mkdir -p "$OUT/$run" && find "$run" -maxdepth 1 -type f -size -8M -exec cp {} "$OUT/$run" \;
+done
 stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
 stage ddpm 200 $PY -m genfm.experiments.bench ddpm_train_step diffusion_sample
 
