@@ -115,15 +115,13 @@ def _update_fn(tx):
 
 
 def _time_updates(fn, params, state, grads, *, iters: int) -> float:
-  """Median seconds of `iters` chained updates (each call's outputs feed the next)."""
-  params, state = jax.tree.map(jnp.copy, (params, state))   # the caller's arrays stay valid
-  params, state = jax.block_until_ready(fn(params, state, grads))   # compile + warm up
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    params, state = jax.block_until_ready(fn(params, state, grads))
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  """`bench.time_fn` of chained updates: each call's outputs feed the next (donated)."""
+  carry = list(jax.tree.map(jnp.copy, (params, state)))   # the caller's arrays stay valid
+
+  def update():
+    carry[:] = fn(*carry, grads)
+    return carry
+  return bench.time_fn(update, warmup=2, iters=iters)
 
 
 def _mlp_params(sizes, seed: int):

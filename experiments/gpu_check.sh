@@ -21,9 +21,9 @@
 #          1.2 TFLOP a step x 5,000 steps; needs the Shakespeare corpus in $GENFM_DATA_DIR)
 #   fashion (only when named) the FID classifier fashion_lenet, then fashion_ddpm:gpu (15k steps,
 #          23.8 ms each on the H200 => ~6 min, two evals of 5,000 guided DDIM-50 samples)
-#   Each run's summary, metrics, samples and log are copied to OUTDIR/runs/<workdir>/; the
-#   workdirs stay in runs/ (ignored), so a run cut by its limit resumes in a later call while
-#   the machine is still warm.
+#   Each run's summary, metrics and samples are copied to OUTDIR/runs/<workdir>/ (its log is
+#   OUTDIR/<stage>.log), also when the run was cut by its limit; the workdirs stay in runs/
+#   (ignored), so such a run resumes in a later call while the machine is still warm.
 #
 # Limits are ceilings; on the H200 the stages took tests 146 s, flash 68 s, gpt 81 s.
 #
