@@ -4,7 +4,8 @@ Flax NNX models are split into (graphdef, params, rest) and trained by a plain `
 with explicit shardings: parameters and optimizer state replicated, batches sharded along the
 `data` axis of a mesh over all devices (`jax.make_mesh`). The same code runs on 1 CPU, n GPUs or
 a TPU slice. The step's PRNG key is fold_in(seed, step) and the data iterator's position is
-checkpointed, so a killed run resumes exactly where it stopped.
+checkpointed, so a killed run resumes exactly where it stopped. With `config.ema_decay` > 0 the
+state also carries an EMA of the parameters (`ema.py`), which the evals score (raw: `raw_*`).
 """
 
 import json
@@ -23,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genfm.experiments import data
 from genfm.experiments.checkpoint import Checkpointer, json_safe
+from genfm.experiments.ema import ema_decay, ema_update
 from genfm.experiments.errors import CheckpointError, ConfigError, NonFiniteLossError
 from genfm.experiments.optim import make_optimizer, make_schedule
 from genfm.experiments.tasks import get_task
@@ -117,6 +119,8 @@ def init_state(task, config):
   tx = make_optimizer(config)
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
            "opt_state": tx.init(params)}
+  if ema_decay(config):                          # ē_0 = θ_0, its own buffers (both are donated)
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
   return graph_train, graph_eval, state, tx
 
 
@@ -124,7 +128,8 @@ def restore_eval_model(task, config, workdir: str):
   """(eval-mode model, step) from the newest checkpoint in `workdir`, or None if it has none.
 
   For scripts that read a finished run back (sample tables, FID features); the state tree comes
-  from `init_state`, so the config must be the run's own (its `config.json`).
+  from `init_state`, so the config must be the run's own (its `config.json`). A run with
+  `ema_decay` gives its EMA parameters, the ones its own evals scored.
   """
   _, graph_eval, state, _ = init_state(task, config)
   ckpt = Checkpointer(workdir)
@@ -135,7 +140,7 @@ def restore_eval_model(task, config, workdir: str):
   if restored is None:
     return None
   state = restored[0]
-  model = nnx.merge(graph_eval, state["params"], state["rest"])
+  model = nnx.merge(graph_eval, state.get("ema_params", state["params"]), state["rest"])
   model.eval()
   return model, int(state["step"])
 
@@ -143,6 +148,7 @@ def restore_eval_model(task, config, workdir: str):
 def make_train_step(task, config, graph_train, tx):
   """The pure step `(state, batch) -> (state, metrics)`, to be jitted with shardings."""
   base_key, schedule = jax.random.key(config.seed), make_schedule(config)
+  decay = ema_decay(config)
 
   def train_step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])     # same noise on resume
@@ -158,6 +164,9 @@ def make_train_step(task, config, graph_train, tx):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "rest": rest, "opt_state": opt_state}
+    if decay:
+      new_state["ema_params"] = ema_update(state["ema_params"], new_state["params"], decay,
+                                           state["step"])
     metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads),
                "learning_rate": schedule(state["step"])}
     return new_state, metrics
@@ -197,14 +206,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.get("name", config.task), f"{n_params:,}", jax.device_count(),
                jax.default_backend(), "resuming" if start else "training", start, total, workdir)
 
-  def eval_step(state, batch):
-    return task.eval_metrics(nnx.merge(graph_eval, state["params"], state["rest"]), batch)
+  def eval_step(params, rest, batch):
+    return task.eval_metrics(nnx.merge(graph_eval, params, rest), batch)
 
   train_step = jax.jit(make_train_step(task, config, graph_train, tx), in_shardings=(replicated, by_data),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(eval_step, in_shardings=(replicated, by_data), out_shardings=replicated)
+  eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, by_data),
+                      out_shardings=replicated)
 
   def evaluate(state, step) -> dict[str, float]:
+    """Metrics of the EMA parameters when the run keeps them, plus `raw_*` of the raw ones
+    (whose sample grids go to workdir/raw_params/); of the raw parameters otherwise."""
+    if "ema_params" not in state:
+      return evaluate_params(state["params"], state["rest"], step, workdir)
+    raw_dir = os.path.join(workdir, "raw_params")
+    os.makedirs(raw_dir, exist_ok=True)
+    raw = evaluate_params(state["params"], state["rest"], step, raw_dir)
+    return {**evaluate_params(state["ema_params"], state["rest"], step, workdir),
+            **{f"raw_{k}": v for k, v in raw.items()}}
+
+  def evaluate_params(params, rest, step, out_dir) -> dict[str, float]:
     results = {}
     for split, source in task.eval_sources().items():
       it = data.make_iterator(source, batch_size=config.get("eval_batch_size", config.batch_size)
@@ -212,13 +233,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               drop_remainder=False, pad_remainder=True)
       sums = None
       for batch in it:
-        m = eval_step(state, to_global(batch, by_data))
+        m = eval_step(params, rest, to_global(batch, by_data))
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
       sums = jax.device_get(sums)
       count = sums.pop("count")
       results.update({f"{split}_{k}": float(v / count) for k, v in sums.items()})
-    results.update(task.after_eval(nnx.merge(graph_eval, state["params"], state["rest"]),
-                                   workdir, step) if is_chief else {})
+    results.update(task.after_eval(nnx.merge(graph_eval, params, rest), out_dir, step)
+                   if is_chief else {})
     return results
 
   writer = MetricWriter(workdir, resume_step=start) if is_chief else None

@@ -18,6 +18,7 @@ def base_config(name: str, *, task: str, dataset: str) -> ml_collections.ConfigD
   c.schedule = "cosine"          # constant | cosine | warmup_cosine
   c.warmup_steps = 0
   c.grad_clip_norm = 0.0         # 0 disables clipping
+  c.ema_decay = 0.0              # > 0: also keep and evaluate an EMA of the weights (ema.py)
   c.num_train_steps = 1000
   c.log_every_steps = 100
   c.eval_every_steps = 1000

@@ -42,7 +42,7 @@ import ml_collections
 
 from genfm.experiments.configs.common import base_config, check_variant, set_schedule
 
-VARIANTS = ("", "gpu", "smoke")
+VARIANTS = ("", "long", "gpu", "smoke")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -82,8 +82,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.schedule, c.warmup_steps = "warmup_cosine", 100
   c.grad_clip_norm = 1.0
   set_schedule(c, 5000, log=100, eval_=2500, checkpoint=500)
+  if variant == "long":                      # the same U-Net, 3× the steps, evaluated on its EMA
+    c.name, c.ema_decay = "fashion_ddpm_long", 0.9995
+    set_schedule(c, 15_000, log=100, eval_=7_500, checkpoint=1_000)
   if variant == "gpu":
-    c.name = "fashion_ddpm_gpu"
+    c.name, c.ema_decay = "fashion_ddpm_gpu", 0.9995
     c.model.base_channels, c.model.num_res_blocks = 64, 2
     c.model.attn_resolutions, c.model.dropout = (16, 8), 0.1
     c.batch_size, c.eval_batch_size, c.learning_rate = 128, 1000, 2e-4

@@ -62,10 +62,11 @@ def test_smoke_config_reaches_target_and_writes_outputs(tmp_path, config):
 
 def test_sigkill_mid_run_resumes_bitwise(tmp_path):
   """Kill -9 after a checkpoint, rerun the same command: the final state equals an
-  uninterrupted run bit for bit (dropout RNG, BatchNorm statistics, Adam moments, data order)."""
+  uninterrupted run bit for bit (dropout RNG, BatchNorm statistics, Adam moments, data order,
+  the parameter EMA)."""
   args = ("--config.num_train_steps=600", "--config.checkpoint_every_steps=50",
           "--config.eval_every_steps=600", "--config.model.dropout=0.1",
-          "--config.model.batch_norm=True")
+          "--config.model.batch_norm=True", "--config.ema_decay=0.99")
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   assert launch("fashion_mlp.py:smoke", ref, *args).returncode == 0
   proc = launch("fashion_mlp.py:smoke", killed, *args, wait=False)
@@ -85,6 +86,7 @@ def test_sigkill_mid_run_resumes_bitwise(tmp_path):
   assert f"resuming from step {killed_at}" in resumed.stderr
   (step_a, a), (step_b, b) = final_state(ref), final_state(killed)
   assert step_a == step_b == 600
+  assert "ema_params" in a and "ema_params" in b
   flat_a, flat_b = jax_leaves(a), jax_leaves(b)
   assert len(flat_a) == len(flat_b) > 0
   for x, y in zip(flat_a, flat_b):
