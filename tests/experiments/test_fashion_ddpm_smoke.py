@@ -80,9 +80,12 @@ def test_bad_choices_raise_config_errors(key, value, match):
 
 
 def test_variants_build():
-  """The CPU and GPU configs describe 32×32 Fashion-MNIST U-Nets (parameter shapes only)."""
-  for variant, n_params in (("", 268_017), ("gpu", None)):
-    task = DiffusionImageTask(fashion_ddpm.get_config(variant))
+  """The CPU, long-CPU and GPU configs describe 32×32 Fashion-MNIST U-Nets (parameter shapes
+  only); `:long` is the CPU U-Net trained longer on an EMA, `:gpu` a bigger one on an EMA."""
+  for variant, n_params in (("", 268_017), ("long", 268_017), ("gpu", None)):
+    config = fashion_ddpm.get_config(variant)
+    assert (config.ema_decay > 0) == (variant != ""), (variant, config.ema_decay)
+    task = DiffusionImageTask(config)
     assert task.image_shape == (32, 32, 1)
     shapes = nnx.state(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))), nnx.Param)
     total = sum(x.size for x in jax.tree.leaves(shapes))
