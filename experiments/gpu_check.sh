@@ -20,7 +20,8 @@
 #   char   (only when named) the launcher run of shakespeare_char:big_gpu (nanoGPT's GPU recipe,
 #          1.2 TFLOP a step x 5,000 steps; needs the Shakespeare corpus in $GENFM_DATA_DIR)
 #   fashion (only when named) the FID classifier fashion_lenet, then fashion_ddpm:gpu (15k steps,
-#          23.8 ms each on the H200 => ~6 min, two evals of 5,000 guided DDIM-50 samples)
+#          23.8 ms each on the H200 => ~6 min; one eval at the end: 5,000 guided DDIM-50
+#          samples from the EMA weights and 5,000 from the raw ones)
 #   Each run's summary, metrics and samples are copied to OUTDIR/runs/<workdir>/ (its log is
 #   OUTDIR/<stage>.log), also when the run was cut by its limit; the workdirs stay in runs/
 #   (ignored), so such a run resumes in a later call while the machine is still warm.
