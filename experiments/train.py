@@ -29,6 +29,8 @@ from genfm.experiments.errors import CheckpointError, ConfigError, NonFiniteLoss
 from genfm.experiments.optim import make_optimizer, make_schedule
 from genfm.experiments.tasks import get_task
 from genfm.experiments.writer import MetricWriter, Progress, format_seconds
+# Ours (tested equal to optax.tree.norm): optax.global_norm is deprecated, optax.tree.norm is new.
+from genfm.foundations.clipping import global_norm
 
 REQUIRED_KEYS = ("task", "dataset", "seed", "batch_size", "learning_rate", "num_train_steps",
                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
@@ -167,7 +169,7 @@ def make_train_step(task, config, graph_train, tx):
     if decay:
       new_state["ema_params"] = ema_update(state["ema_params"], new_state["params"], decay,
                                            state["step"])
-    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, **metrics, "grad_norm": global_norm(grads),
                "learning_rate": schedule(state["step"])}
     return new_state, metrics
 
