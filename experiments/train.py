@@ -37,6 +37,9 @@ REQUIRED_KEYS = ("task", "dataset", "seed", "batch_size", "learning_rate", "num_
 # Keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_KEYS = ("num_train_steps", "learning_rate", "log_every_steps", "eval_every_steps",
                   "checkpoint_every_steps")
+# Keys added to every config after runs were recorded without them, with the value that gives
+# those runs' behaviour: a workdir whose config.json lacks one resumes if the value is this.
+ADDED_KEYS = {"ema_decay": 0.0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -64,7 +67,7 @@ def check_workdir(config, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    a, b = _flatten(before), _flatten(now)
+    a, b = {**ADDED_KEYS, **_flatten(before)}, _flatten(now)
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
     if differ:
       shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in differ[:6])

@@ -16,7 +16,7 @@ from genfm.experiments import data
 from genfm.experiments import train
 from genfm.experiments.configs import fashion_mlp
 from genfm.experiments.ema import ema_decay, ema_update, warmed_decay
-from genfm.experiments.errors import ConfigError
+from genfm.experiments.errors import CheckpointError, ConfigError
 from genfm.experiments.tasks import get_task
 
 
@@ -116,3 +116,18 @@ def test_launcher_evaluates_the_average_and_reads_it_back(tmp_path, launch):
   finally:
     ckpt.close()
   chex.assert_trees_all_equal(nnx.state(model, nnx.Param), st["ema_params"])
+
+
+def test_workdir_recorded_before_ema_existed_resumes_only_without_it(tmp_path):
+  """A config.json written before `ema_decay` existed resumes with the default 0 (its own
+  behaviour) and is refused with an EMA, which its checkpoints do not hold."""
+  c = fashion_mlp.get_config("smoke")
+  train.check_workdir(c, str(tmp_path))
+  recorded = json.load(open(tmp_path / "config.json"))
+  del recorded["ema_decay"]
+  json.dump(recorded, open(tmp_path / "config.json", "w"))
+  train.check_workdir(c, str(tmp_path))                        # same run: accepted
+  json.dump(recorded, open(tmp_path / "config.json", "w"))
+  c.ema_decay = 0.999
+  with pytest.raises(CheckpointError, match="ema_decay: 0.0 → 0.999"):
+    train.check_workdir(c, str(tmp_path))
