@@ -7,6 +7,12 @@ DPM-Solver++, Lu et al. 2022, arXiv:2211.01095 (Algorithm 2, multistep second or
 Every sampler takes model_fn(x_t [B, ...], t [B] int32) → prediction of `prediction_type`
 ("eps", "x0" or "v"); t are code indices 0..T−1 (paper t = index + 1, see schedules.py).
 The last step of DDIM / DPM-Solver++ goes to ᾱ = 1 (x_0), as in the DDIM code.
+
+`clip_x0 = c` clips every x̂_0 to [−c, c] before it is used: the DDPM image code's
+`clip_denoised` (c = 1 for data in [−1, 1]), Imagen's static thresholding (arXiv:2205.11487,
+Sec. 2.3), which keeps guided samples (s > 1) from saturating. DDIM then uses the ε̂ implied by
+the clipped x̂_0 and x_t, so with η = 1 it still equals DDPM's posterior step on that x̂_0;
+samplers end at x̂_0 and so inside [−c, c].
 """
 
 from __future__ import annotations
@@ -117,8 +123,8 @@ def ddim_sigma(log_abar: jax.Array, log_abar_prev: jax.Array, eta: float) -> jax
 
 
 def ddim_step_mean_std(x: jax.Array, pred: jax.Array, log_abar: jax.Array,
-                       log_abar_prev: jax.Array, eta: float,
-                       prediction_type: str = "eps") -> tuple[jax.Array, jax.Array]:
+                       log_abar_prev: jax.Array, eta: float, prediction_type: str = "eps",
+                       clip_x0: float | None = None) -> tuple[jax.Array, jax.Array]:
   """Mean and std of p(x_prev | x_t) for one generalised DDIM step — eq. (12) of 2010.02502.
 
   x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z, with ᾱ given as log ᾱ (log ᾱ_prev = 0
@@ -127,6 +133,9 @@ def ddim_step_mean_std(x: jax.Array, pred: jax.Array, log_abar: jax.Array,
   a, s = jnp.exp(0.5 * log_abar), jnp.sqrt(-jnp.expm1(log_abar))
   x0 = gaussian.to_x0(pred, x, a, s, prediction_type)
   eps = gaussian.to_eps(pred, x, a, s, prediction_type)
+  if clip_x0 is not None:
+    x0 = jnp.clip(x0, -clip_x0, clip_x0)
+    eps = (x - a * x0) / s                     # the ε̂ of x_t = √ᾱ x̂_0 + √(1 − ᾱ) ε̂, eq. (4)
   sigma = ddim_sigma(log_abar, log_abar_prev, eta)
   # max(·, 0): 1 − ᾱ_prev − σ² is ≥ 0 in exact math but can round to −1e-9 at η = 1.
   dir_coef = jnp.sqrt(jnp.maximum(-jnp.expm1(log_abar_prev) - sigma ** 2, 0.0))
@@ -145,7 +154,7 @@ def _pairs(sched: schedules.Schedule, seq: np.ndarray) -> tuple[jax.Array, jax.A
 def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
                 shape: tuple[int, ...], num_steps: int = 50, eta: float = 0.0,
                 spacing: str = "uniform", prediction_type: str = "eps",
-                x_T: jax.Array | None = None) -> jax.Array:
+                x_T: jax.Array | None = None, clip_x0: float | None = None) -> jax.Array:
   """Generalised DDIM sampling (η = 0 deterministic, η = 1 DDPM-like), 2010.02502."""
   gaussian.check_prediction_type(prediction_type)
   seq = timesteps(sched.num_timesteps, num_steps, spacing, sched)
@@ -156,7 +165,7 @@ def ddim_sample(model_fn: ModelFn, sched: schedules.Schedule, key: jax.Array,
   def step(x, inp):
     t, lab, lab_prev, k = inp
     mean, std = ddim_step_mean_std(x, _call(model_fn, x, t), lab, lab_prev, eta,
-                                   prediction_type)
+                                   prediction_type, clip_x0)
     return mean + std * jax.random.normal(k, x.shape), None
 
   keys = jax.random.split(key, len(seq))
@@ -168,7 +177,8 @@ def dpm_solver_pp_sample(model_fn: ModelFn, sched: schedules.Schedule,
                          shape: tuple[int, ...], num_steps: int = 20, order: int = 2,
                          spacing: str = "logsnr", prediction_type: str = "eps",
                          key: jax.Array | None = None,
-                         x_T: jax.Array | None = None) -> jax.Array:
+                         x_T: jax.Array | None = None,
+                         clip_x0: float | None = None) -> jax.Array:
   """DPM-Solver++ multistep (order 1 or 2), data prediction — Algorithm 2 of 2211.01095.
 
   In λ = log(α/σ), step i with h_i = λ_{t_i} − λ_{t_{i−1}} is
@@ -193,6 +203,8 @@ def dpm_solver_pp_sample(model_fn: ModelFn, sched: schedules.Schedule,
     i, t, lab, lab_prev = inp
     a, s = jnp.exp(0.5 * lab), jnp.sqrt(-jnp.expm1(lab))
     x0 = gaussian.to_x0(_call(model_fn, x, t), x, a, s, prediction_type)
+    if clip_x0 is not None:          # thresholding x̂_0, which data prediction allows (2211.01095)
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
     last = i == n - 1
     # Guard the final step (σ_next = 0, λ_next = ∞) out of the log; it is handled below.
     lab_next = jnp.where(last, jnp.log(0.5), lab_prev)

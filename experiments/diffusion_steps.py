@@ -56,14 +56,17 @@ def define_flags():
   flags.DEFINE_integer("bpd_images", 8, "Held-out test images for ODE bits/dim (0: skip).")
   flags.DEFINE_integer("bpd_seed", 0, "Seed of the dequantisation noise and the Hutchinson probe.")
   flags.DEFINE_bool("fd", True, "Compute the FD table (False: bits/dim only).")
+  flags.DEFINE_float("clip_x0", None, "Clip x̂_0 to [−c, c] while sampling (0: off); default: "
+                     "the run's config.diffusion.clip_x0. Outputs of c > 0 are named *_clip<c>.")
   flags.mark_flags_as_required(["workdir"])
 
 
 TIME_LABEL_SCALE = 999.0        # continuous t ∈ [0, 1] → the network's time label 999·t
 
 
-def load_run(workdir: str, num_samples: int | None = None):
-  """(task, model in eval mode, config) of the newest checkpoint in `workdir`."""
+def load_run(workdir: str, num_samples: int | None = None, clip_x0: float | None = None):
+  """(task, model in eval mode, config, step) of the newest checkpoint in `workdir`; the
+  sampling-only settings `num_samples` and `clip_x0` may differ from the run's."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir!r} holds no run (no config.json); train one with "
@@ -76,12 +79,20 @@ def load_run(workdir: str, num_samples: int | None = None):
                      "diffusion_image run (e.g. experiments/configs/fashion_ddpm.py).")
   if num_samples is not None:
     config.eval.num_samples = num_samples
+  if clip_x0 is not None:
+    config.diffusion.clip_x0 = clip_x0
   task = get_task(config)
   restored = train.restore_eval_model(task, config, workdir)
   if restored is None:
     raise FileNotFoundError(f"{workdir!r} has no checkpoint yet.")
   model, step = restored
   return task, model, config, step
+
+
+def output_tag(config) -> str:
+  """"" for unclipped sampling, "_clip<c>" otherwise: the suffix of the output files."""
+  clip = config.diffusion.get("clip_x0", 0.0)
+  return f"_clip{clip:g}" if clip else ""
 
 
 def steps_table(task, model, config, workdir: str, step: int,
@@ -103,24 +114,31 @@ def steps_table(task, model, config, workdir: str, step: int,
     rows.append({"sampler": sampler, "steps": steps, "fd": fd, "fd_floor": fid.floor,
                  "seconds": round(seconds, 1), "n": n})
     print(json.dumps(rows[-1]), flush=True)
-    save_grid(os.path.join(workdir, f"steps_{sampler}{steps}.png"), samples,
+    save_grid(os.path.join(workdir, f"steps_{sampler}{steps}{output_tag(config)}.png"), samples,
               task.balanced_labels(n), task.num_classes, config.eval.get("grid_cols", 10),
-              None, f"{sampler} {steps} steps: FD {fd:.2f} (floor {fid.floor:.2f}, n = {n})")
+              None, f"{sampler} {steps} steps{_clip_words(config)}: FD {fd:.2f} "
+              f"(floor {fid.floor:.2f}, n = {n})")
     write_outputs(workdir, rows, config, step)
   return rows
 
 
+def _clip_words(config) -> str:
+  clip = config.diffusion.get("clip_x0", 0.0)
+  return f", x̂_0 clipped to ±{clip:g}" if clip else ""
+
+
 def write_outputs(workdir: str, rows: list[dict], config, step: int) -> None:
-  s = config.diffusion.guidance_scale
+  s, tag = config.diffusion.guidance_scale, output_tag(config)
   lines = [f"FD (classifier features, n = {rows[0]['n']}) vs sampling steps — "
-           f"{config.get('name', '')} at step {step}, guidance s = {s}; real-vs-real floor "
+           f"{config.get('name', '')} at step {step}, guidance s = {s}{_clip_words(config)}; "
+           "real-vs-real floor "
            f"{rows[0]['fd_floor']:.2f}", "",
            "| sampler | steps | FD | FD / floor | sampling time (s, CPU) |", "|---|---|---|---|---|"]
   lines += [f"| {'DDIM η=0' if r['sampler'] == 'ddim' else 'DDPM'} | {r['steps']} | "
             f"{r['fd']:.2f} | {r['fd'] / r['fd_floor']:.1f} | {r['seconds']} |" for r in rows]
-  with open(os.path.join(workdir, "diffusion_steps.md"), "w") as f:
+  with open(os.path.join(workdir, f"diffusion_steps{tag}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  with open(os.path.join(workdir, "diffusion_steps.json"), "w") as f:
+  with open(os.path.join(workdir, f"diffusion_steps{tag}.json"), "w") as f:
     json.dump(rows, f, indent=2)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -136,10 +154,11 @@ def write_outputs(workdir: str, rows: list[dict], config, step: int) -> None:
   ax.set_xscale("log")
   ax.set_xlabel("sampling steps")
   ax.set_ylabel(f"FD (n = {rows[0]['n']})")
-  ax.set_title(f"{config.get('name', '')}: quality vs steps (s = {s})", fontsize=9)
+  ax.set_title(f"{config.get('name', '')}: quality vs steps (s = {s}{_clip_words(config)})",
+               fontsize=8)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "diffusion_steps.png"), dpi=100)
+  fig.savefig(os.path.join(workdir, f"diffusion_steps{tag}.png"), dpi=100)
   plt.close(fig)
 
 
@@ -180,7 +199,7 @@ def bits_per_dim(task, model, config, num_images: int, seed: int) -> dict:
 
 def main(argv):
   del argv
-  task, model, config, step = load_run(FLAGS.workdir, FLAGS.num_samples)
+  task, model, config, step = load_run(FLAGS.workdir, FLAGS.num_samples, FLAGS.clip_x0)
   if FLAGS.fd:
     steps_table(task, model, config, FLAGS.workdir, step,
                 [int(s) for s in FLAGS.ddim_steps], FLAGS.ddpm)

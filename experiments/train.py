@@ -39,7 +39,7 @@ RESUMABLE_KEYS = ("num_train_steps", "learning_rate", "log_every_steps", "eval_e
                   "checkpoint_every_steps")
 # Keys added to every config after runs were recorded without them, with the value that gives
 # those runs' behaviour: a workdir whose config.json lacks one resumes if the value is this.
-ADDED_KEYS = {"ema_decay": 0.0}
+ADDED_KEYS = {"ema_decay": 0.0, "diffusion.clip_x0": 0.0}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -67,7 +67,8 @@ def check_workdir(config, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    a, b = {**ADDED_KEYS, **_flatten(before)}, _flatten(now)
+    b = _flatten(now)
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **_flatten(before)}
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
     if differ:
       shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in differ[:6])

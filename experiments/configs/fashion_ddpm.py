@@ -68,6 +68,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "sample_steps": 50,
       "eta": 0.0,
       "variance": "beta",           # DDPM ancestral σ² = β | beta_tilde
+      "clip_x0": 0.0,               # > 0: clip x̂_0 to [−c, c] while sampling (1.0: DDPM code)
   })
   c.eval = ml_collections.ConfigDict({
       "num_samples": 500,           # FD sample size n; the floor uses two real sets of n

@@ -97,6 +97,10 @@ class DiffusionImageTask(Task):
     _choice("config.diffusion.variance", d.variance, samplers.VARIANCES)
     if not 0.0 <= d.p_uncond <= 1.0:
       raise ConfigError(f"config.diffusion.p_uncond must be in [0, 1], got {d.p_uncond}")
+    clip = d.get("clip_x0", 0.0)
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0:
+      raise ConfigError(f"config.diffusion.clip_x0 must be 0 (no clipping) or a bound c > 0 for "
+                        f"x̂_0 (1.0 for images in [−1, 1]), got {clip!r}")
     if d.guidance_scale != 1.0 and d.p_uncond == 0.0:
       raise ConfigError(f"config.diffusion.guidance_scale={d.guidance_scale} needs an "
                         "unconditional model: train with config.diffusion.p_uncond > 0 (0.1)")
@@ -180,6 +184,8 @@ class DiffusionImageTask(Task):
     model_fn = guidance.guided_model(model, labels_B, self.num_classes, scale)
     shape = (labels_B.shape[0],) + self.image_shape
     kwargs = {"prediction_type": d.prediction}
+    if d.get("clip_x0", 0.0):                   # x̂_0 ∈ [−c, c] at every step (samplers.py)
+      kwargs["clip_x0"] = float(d.clip_x0)
     if sampler == "ddpm":
       kwargs["variance"] = d.variance
     else:

@@ -173,3 +173,30 @@ def test_bad_input():
     samplers.ddim_sample(MODEL, SCHED, jax.random.PRNGKey(0), (2, 1), x_T=jnp.zeros((3, 1)))
   with pytest.raises(ValueError, match="order must be 1 or 2"):
     samplers.dpm_solver_pp_sample(MODEL, SCHED, (2, 1), order=3)
+
+
+def test_clip_x0_ddim_eta1_equals_clipped_ddpm_beta_tilde_and_stays_in_bounds():
+  """With x̂_0 clipped to [−c, c] (c = 2.2, within one σ of the data mean 2, so it binds often), DDIM η = 1 over
+  all T steps is still DDPM's posterior step on the clipped x̂_0, sample by sample; DDIM η = 0
+  and DPM-Solver++ end on a clipped x̂_0, inside [−c, c]; a bound nothing reaches changes
+  nothing (to rounding)."""
+  key, c = jax.random.PRNGKey(5), 2.2
+  c32 = float(np.float32(c))                  # the bound as the float32 clip applies it
+  ddpm = samplers.ddpm_sample(MODEL, SCHED, key, (64, 1), variance="beta_tilde", clip_x0=c)
+  ddim = samplers.ddim_sample(MODEL, SCHED, key, (64, 1), num_steps=T, eta=1.0, clip_x0=c)
+  np.testing.assert_allclose(ddim, ddpm, atol=1e-4)
+  free = samplers.ddpm_sample(MODEL, SCHED, key, (64, 1), variance="beta_tilde")
+  assert float(jnp.max(free)) > c + 0.1 and float(jnp.max(ddpm)) <= c32   # the bound was active
+  for out in (samplers.ddim_sample(MODEL, SCHED, key, (256, 1), num_steps=20, clip_x0=c),
+              samplers.dpm_solver_pp_sample(MODEL, SCHED, (256, 1), num_steps=20, key=key,
+                                            clip_x0=c)):
+    assert float(jnp.max(out)) <= c32 and float(jnp.max(out)) > c - 1e-3
+  for fn, kw in ((samplers.ddim_sample, {"num_steps": 20}),
+                 (samplers.ddpm_sample, {}),
+                 (samplers.dpm_solver_pp_sample, {"num_steps": 20})):
+    args = (MODEL, SCHED, key, (64, 1)) if fn is not samplers.dpm_solver_pp_sample else (
+        MODEL, SCHED, (64, 1))
+    extra = {"key": key} if fn is samplers.dpm_solver_pp_sample else {}
+    # Not bit for bit in DDIM: its ε̂ is recomputed from x̂_0 (rounding only).
+    chex.assert_trees_all_close(fn(*args, **kw, **extra, clip_x0=1e6), fn(*args, **kw, **extra),
+                                atol=1e-5)

@@ -64,12 +64,26 @@ def test_loss_is_eq14_with_label_dropout():
   assert abs(float(loss0) - hand) > 1e-6
 
 
+def test_clip_x0_reaches_the_sampler():
+  """The untrained U-Net (zero output layer) predicts ε̂ = 0, so unclipped DDIM returns
+  x_T/√ᾱ_T (≈ 157 x_T); with diffusion.clip_x0 = 1 every sample is a clipped x̂_0 in [−1, 1]."""
+  cfg = fashion_ddpm.get_config("smoke")
+  model = DiffusionImageTask(cfg).build_model(nnx.Rngs(0))
+  labels = jnp.arange(8) % 10
+  free = DiffusionImageTask(cfg).sample(model, jax.random.key(0), labels, "ddim", 5)
+  cfg.diffusion.clip_x0 = 1.0
+  clipped = DiffusionImageTask(cfg).sample(model, jax.random.key(0), labels, "ddim", 5)
+  assert float(jnp.max(jnp.abs(free))) > 50.0
+  assert float(jnp.max(jnp.abs(clipped))) <= 1.0 and float(jnp.max(clipped)) == 1.0
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("diffusion.sampler", "euler", "valid choices"),
     ("diffusion.prediction", "score", "valid choices"),
     ("diffusion.sample_steps", 5000, "num_steps"),
     ("diffusion.p_uncond", 0.0, "unconditional model"),   # guidance s = 2 without ∅ training
     ("model.channel_mults", (1, 2, 2, 2, 2), "not divisible"),   # 8×8 digits, 16 needed
+    ("diffusion.clip_x0", -1.0, "clip_x0 must be 0"),
 ])
 def test_bad_choices_raise_config_errors(key, value, match):
   cfg = fashion_ddpm.get_config("smoke")
@@ -131,3 +145,16 @@ def test_smoke_reaches_its_fd_through_the_launcher(tmp_path, launch):
   # up to sampling noise (different keys), within the smoke bound.
   assert rows[1]["fd"] <= SMOKE_FD_BOUND, rows
   assert os.path.getsize(workdir / "diffusion_steps.png") > 1000
+  # Clipped sampling (x̂_0 ∈ [−1, 1]) writes its own *_clip1 outputs beside those.
+  clipped = subprocess.run(
+      [sys.executable, "-m", "genfm.experiments.diffusion_steps", f"--workdir={workdir}",
+       "--num_samples=140", "--ddim_steps=5", "--noddpm", "--bpd_images=0", "--clip_x0=1"],
+      capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert clipped.returncode == 0, clipped.stderr[-3000:]
+  with open(workdir / "diffusion_steps_clip1.json") as f:
+    clip_rows = json.load(f)
+  assert [(r["sampler"], r["steps"]) for r in clip_rows] == [("ddim", 5)]
+  assert clip_rows[0]["fd"] != rows[0]["fd"]                 # other samples, same n and labels
+  with open(workdir / "diffusion_steps.json") as f:
+    assert json.load(f) == rows                              # the unclipped table is kept
+  assert "clipped to ±1" in (workdir / "diffusion_steps_clip1.md").read_text()
