@@ -40,12 +40,12 @@ class MetricWriter:
     """loss_curves.png: every train_* and eval metric against step, one panel per metric name."""
     rows = self.history()
     names = sorted({k for r in rows for k in r if k not in ("step", "steps_per_sec", "learning_rate")})
-    bases = sorted({n.split("_", 1)[1] if "_" in n else n for n in names})
+    bases = sorted({metric_base(n) for n in names})
     fig, axes = plt.subplots(1, max(len(bases), 1), figsize=(4.5 * max(len(bases), 1), 3.6),
                              squeeze=False)
     for ax, base in zip(axes[0], bases):
       for n in names:
-        if (n.split("_", 1)[1] if "_" in n else n) == base:
+        if metric_base(n) == base:
           pts = [(r["step"], r[n]) for r in rows if n in r]
           ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=n)
       ax.set_xlabel("step"), ax.set_title(base), ax.legend(), ax.grid(alpha=0.3)
@@ -60,6 +60,20 @@ class MetricWriter:
 
   def close(self):
     self._tb.close()
+
+
+def metric_base(name: str) -> str:
+  """The panel a metric is drawn in: its name without the `raw_` (un-averaged weights) and
+  split (`train_`, `test_`, `validation_`) prefixes — test_loss, train_loss and raw_test_loss
+  share "loss"; fd and raw_fd share "fd"; fd_floor keeps its own."""
+  name = name.removeprefix("raw_")
+  for split in SPLIT_PREFIXES:
+    if name.startswith(split):
+      return name[len(split):]
+  return name
+
+
+SPLIT_PREFIXES = ("train_", "test_", "validation_", "val_", "eval_")
 
 
 class Progress:

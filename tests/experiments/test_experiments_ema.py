@@ -131,3 +131,11 @@ def test_workdir_recorded_before_ema_existed_resumes_only_without_it(tmp_path):
   c.ema_decay = 0.999
   with pytest.raises(CheckpointError, match="ema_decay: 0.0 → 0.999"):
     train.check_workdir(c, str(tmp_path))
+
+
+def test_raw_and_average_metrics_share_a_panel_of_the_curves():
+  from genfm.experiments.writer import metric_base
+  assert {metric_base(n) for n in ("train_loss", "test_loss", "raw_test_loss")} == {"loss"}
+  assert metric_base("raw_fd") == metric_base("fd") == "fd"
+  assert metric_base("raw_fd_floor") == metric_base("fd_floor") == "fd_floor"
+  assert metric_base("train_grad_norm") == "grad_norm"
