@@ -23,9 +23,20 @@ Measured: test ε-loss 0.0412; FD (n = 500, LeNet features, guidance s = 2, DDIM
           first 8 test images (probability-flow ODE, RK45 rtol 1e-5, Hutchinson, uniform
           dequantisation, 32×32 padded = 1,024 dims): 3.03 ± 0.78 (std over images; 566 NFE).
 Expect:   eval metric `fd` ≤ 15 at n = 500 (measured 12.54); floor ≈ 2.9.
+`:long` — the same U-Net and batch trained 3× longer (15,000 steps) with an EMA of the weights
+          (decay 0.9995, DDPM App. B; evals score the EMA, `raw_*` the raw weights):
+          python -m genfm.experiments.run --config=experiments/configs/fashion_ddpm.py:long --workdir=runs/fashion_ddpm_long
+          1h03m on the 2-core CPU (4.6 steps/s; two evals of 2 × 500 samples). Measured: test
+          ε-loss 0.0378; FD 6.57 (EMA) / 6.76 (raw) vs floor 2.91 at step 15,000 (n = 500,
+          DDIM-50, s = 2); at step 7,500, with the learning rate still high, 6.52 (EMA) vs 14.58
+          (raw). `diffusion_steps` (n = 500): DDIM 10 / 20 / 50 / 100: FD 8.40 / 6.64 / 6.57 /
+          6.51; with x̂_0 clipped to ±1 (`--clip_x0=1`) 7.62 / 6.81 / 6.77 / 6.83 (helps only at
+          10 steps). ODE bits/dim of the first 8 test images 2.78 ± 0.77 (476 NFE).
+          Expect: `fd` ≤ 8 (measured 6.57); the DDPM-1000 row is not measured for this run.
 `:gpu` — the full-size setting (DDPM's CIFAR-10 U-Net shape scaled to 1 channel: 64/128/128,
           2 res blocks, attention at 16 and 8, dropout 0.1, batch 128, 15k steps, lr 2e-4;
-          n = 5000 samples), sized to one 10-minute device call with the FID classifier:
+          EMA 0.9995, one eval at the end; n = 5000 samples), sized to one 10-minute device
+          call with the FID classifier:
           `bash experiments/gpu_check.sh OUT fashion`. Step time measured on an H200
           (`genfm-bench ddpm_train_step`): 23.8 ms ⇒ ~6 min of training plus evals. The run
           itself and its FD are NOT measured yet: no GPU was lent for it so far (the 15 device-
