@@ -17,8 +17,6 @@ pixels {0..255} (rounded and clipped, as FID code quantises to uint8), then the 
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Callable
 
 import jax
@@ -133,34 +131,3 @@ class FrechetEvaluator:
       return float("inf")
     feats = features(self.feature_fn, to_pixels(samples_BHWC, self.image_shape))
     return frechet_from_features(feats, self.ref_features)
-
-
-def load_classifier(workdir: str) -> tuple[nnx.Module, dict]:
-  """The classifier trained by the launcher in `workdir` (its config.json + newest checkpoint),
-  in eval mode, and that config as a dict."""
-  path = os.path.join(workdir, "config.json")
-  # Imported here: the rest of this module needs nothing from the experiments platform.
-  from genfm.experiments import train  # pylint: disable=g-import-not-at-top
-  from genfm.experiments.tasks import get_task  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
-  cmd = ("python -m genfm.experiments.run --config=experiments/configs/fashion_lenet.py "
-         f"--workdir={workdir}")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"no FID classifier in {workdir!r} (no config.json). Train one first: `{cmd}` (about "
-        "7 min on a quiet 2-core CPU; fashion_mlp.py also works), or point "
-        "config.fid_classifier_workdir at an existing classifier run.")
-  with open(path) as f:
-    cfg_dict = json.load(f)
-  if cfg_dict.get("task") != "classify":
-    raise ValueError(f"{workdir!r} holds a {cfg_dict.get('task')!r} run, not an image classifier "
-                     f"(task 'classify'); train one with `{cmd}`.")
-  config = ml_collections.ConfigDict(cfg_dict)
-  task = get_task(config)
-  restored = train.restore_eval_model(task, config, workdir)
-  if restored is None:
-    raise FileNotFoundError(f"{workdir!r} holds a classifier config but no checkpoint; finish "
-                            f"the run with `{cmd}`.")
-  model, _ = restored
-  return model, cfg_dict

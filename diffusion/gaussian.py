@@ -127,6 +127,14 @@ def diffusion_loss_at(model_fn: Callable[[jax.Array, jax.Array], jax.Array],
                       sched: schedules.Schedule, x0: jax.Array, t_B: jax.Array,
                       noise: jax.Array, prediction_type: str = "eps") -> jax.Array:
   """The loss for given timesteps t_B [B] and noise [B, ...] (deterministic; for tests)."""
+  return jnp.mean(per_example_loss(model_fn, sched, x0, t_B, noise, prediction_type))
+
+
+def per_example_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                     sched: schedules.Schedule, x0: jax.Array, t_B: jax.Array,
+                     noise: jax.Array, prediction_type: str = "eps") -> jax.Array:
+  """[B] squared error ‖target − model(x_t, t)‖² averaged over each example's dimensions, at
+  given t_B and noise: what the training loop and held-out evals average (with masks)."""
   check_prediction_type(prediction_type)
   alpha = schedules.extract(sched.sqrt_alphas_cumprod, t_B, x0.ndim)
   sigma = schedules.extract(sched.sqrt_one_minus_alphas_cumprod, t_B, x0.ndim)
@@ -136,4 +144,4 @@ def diffusion_loss_at(model_fn: Callable[[jax.Array, jax.Array], jax.Array],
     raise ValueError(f"model_fn returned shape {pred.shape}, expected x_t's shape {xt.shape}.")
   # Squared error in fp32 even for bf16 models: the loss is a small difference of O(1) terms.
   err = pred.astype(jnp.float32) - target(x0, noise, alpha, sigma, prediction_type)
-  return jnp.mean(jnp.square(err))
+  return jnp.mean(jnp.square(err), axis=tuple(range(1, x0.ndim)))   # eq. (14), L_simple

@@ -24,6 +24,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 SCHEDULES = ("linear", "cosine")
 
@@ -114,6 +115,15 @@ def make_schedule(name: str = "linear", num_timesteps: int = 1000, **kwargs) -> 
 
 
 def extract(table: jax.Array, t_B: jax.Array, ndim: int) -> jax.Array:
-  """table[t] for integer indices t_B [B], reshaped to [B, 1, …, 1] (rank `ndim`)."""
-  vals_B = jnp.take(table, t_B)
+  """table[t] for integer indices t_B [B], reshaped to [B, 1, …, 1] (rank `ndim`).
+
+  Under an `Explicit` mesh (the launcher's) indices sharded along the batch give values sharded
+  the same way: the gather needs its output sharding named, and the table is replicated first.
+  """
+  s = jax.typeof(t_B).sharding
+  if isinstance(s, NamedSharding) and s.mesh.axis_names and not s.mesh.empty:
+    table = jax.sharding.reshard(jnp.asarray(table), NamedSharding(s.mesh, P()))
+    vals_B = table.at[t_B].get(out_sharding=s)
+  else:
+    vals_B = jnp.take(table, t_B)
   return vals_B.reshape(vals_B.shape + (1,) * (ndim - vals_B.ndim))

@@ -174,14 +174,21 @@ def dsm_loss_at(score_fn: Callable[[jax.Array, jax.Array], jax.Array], sde: SDE,
                 x0: jax.Array, t_B: jax.Array, z: jax.Array,
                 likelihood_weighting: bool = False) -> jax.Array:
   """dsm_loss at given times t_B [B] and noise z [B, ...] (deterministic; for tests)."""
+  return jnp.mean(dsm_per_example(score_fn, sde, x0, t_B, z, likelihood_weighting))
+
+
+def dsm_per_example(score_fn: Callable[[jax.Array, jax.Array], jax.Array], sde: SDE,
+                    x0: jax.Array, t_B: jax.Array, z: jax.Array,
+                    likelihood_weighting: bool = False) -> jax.Array:
+  """[B] λ(t) ‖s_θ(x_t, t) − ∇log p_0t(x_t | x_0)‖² summed over each example's dimensions."""
   mean, std = marginal_prob(sde, x0, t_B)
   xt = mean + std * z
-  score = score_fn(xt, t_B)
+  score = score_fn(xt, t_B).astype(jnp.float32)
   if score.shape != xt.shape:
     raise ValueError(f"score_fn returned shape {score.shape}, expected {xt.shape}.")
   if likelihood_weighting:
     _, g = sde.sde(xt, t_B)
     per_dim = jnp.square(score + z / std) * jnp.square(g)
   else:
-    per_dim = jnp.square(score * std + z)   # ∇log p_0t(x_t|x_0) = −z/s
-  return jnp.mean(jnp.sum(per_dim.reshape(x0.shape[0], -1), axis=-1))
+    per_dim = jnp.square(score * std + z)   # ∇log p_0t(x_t|x_0) = −z/s; eq. (7) of 2011.13456
+  return jnp.sum(per_dim.reshape(x0.shape[0], -1), axis=-1)

@@ -65,8 +65,8 @@ def train_step_record(task, cfg, *, name: str, config_label: str, peak: float,
   `cfg.batch_size`, with the fraction of `peak` (FLOP/s)."""
   from genfm.experiments import data, train
 
-  graph_train, _, state, tx = train.init_state(task, cfg)
-  step = jax.jit(train.make_train_step(task, cfg, graph_train, tx))
+  models, state = train.init_state(task, cfg)
+  step = jax.jit(train.make_train_step(task, cfg, models))
   batch = jax.tree.map(jnp.asarray, next(data.make_iterator(task.train_source(),
                                                             batch_size=cfg.batch_size, seed=0)))
   flops = compiled_flops(step, state, batch)

@@ -34,10 +34,10 @@ def _from_saveable(saved, like):
 class Checkpointer:
   """`save(step, state, data_state)` / `restore_latest(abstract_state)` under `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: int = 2, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           read_only=read_only, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -50,18 +50,37 @@ class Checkpointer:
         state=ocp.args.StandardSave(_to_saveable(state)),
         data=ocp.args.JsonSave(data_state)))
 
-  def restore_latest(self, abstract_state) -> tuple[Any, dict] | None:
-    """(state, data_state) of the newest checkpoint, or None when there is none."""
-    step = self._manager.latest_step()
-    if step is None:
-      return None
+  def _restore(self, step: int, abstract_state):
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         _to_saveable(abstract_state))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    return _from_saveable(restored["state"], abstract_state), restored["data"]
+
+  def restore_latest(self, abstract_state, legacy=None) -> tuple[Any, dict] | None:
+    """(state, data_state) of the newest checkpoint, or None when there is none.
+
+    `legacy` = (to_old, from_old) reads a checkpoint written in an older layout of the same
+    state: tried when the current layout fails, with `to_old(abstract_state)` as the target.
+    """
+    step = self._manager.latest_step()
+    if step is None:
+      return None
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-      state = _from_saveable(restored["state"], abstract_state)
+      try:
+        return self._restore(step, abstract_state)
+      except Exception:  # noqa: BLE001 — maybe the older layout; else re-raise below
+        old = legacy[0](abstract_state) if legacy else None
+        if old is None:
+          raise
+        try:
+          state, data_state = self._restore(step, old)
+        except Exception:  # noqa: BLE001
+          pass
+        else:
+          return legacy[1](state, abstract_state), data_state
+        raise
     except Exception as e:  # noqa: BLE001 — any failure to read means the files are damaged
       path = os.path.join(self.directory, str(step))
       reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
@@ -69,8 +88,6 @@ class Checkpointer:
           f"the checkpoint at {path} could not be read ({type(e).__name__}: {reason}). It is "
           f"corrupt, truncated, or from a different model. Delete {path} to resume from an older "
           "checkpoint, or start again with a fresh --workdir.") from None
-    data_state = restored["data"]
-    return state, data_state
 
   def close(self):
     self._manager.close()

@@ -15,6 +15,10 @@ Knobs nanoGPT's recipe needs (each defaults to the behaviour configs had before 
 `b2` and `decay_mask` are read by adam/adamw only and `min_lr_ratio` by the cosine schedules
 only (like `momentum`, so one config can sweep `optimizer`); their values are always checked.
 
+A task with several trained models gives each its own optimizer and schedule: the sub-dict
+`config.optimizers.<model name>` overrides any of `OPTIMIZER_KEYS` for that model (e.g. a GAN's
+`optimizers.discriminator.learning_rate`); models it does not name use the top-level keys.
+
 `optimizer_impl` picks who implements them:
   "optax"  the optax built-ins (the default);
   "genfm"  our from-scratch versions, `genfm.foundations.{optimizers,schedules,clipping}`, which
@@ -23,6 +27,7 @@ only (like `momentum`, so one config can sweep `optimizer`); their values are al
 """
 
 import jax
+import ml_collections
 import optax
 
 from genfm.experiments.errors import ConfigError, unknown_choice
@@ -31,6 +36,23 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 IMPLEMENTATIONS = ("optax", "genfm")
 DECAY_MASKS = ("all", "matrices")
+OPTIMIZER_KEYS = ("optimizer", "optimizer_impl", "learning_rate", "weight_decay", "momentum",
+                  "b2", "decay_mask", "schedule", "warmup_steps", "min_lr_ratio",
+                  "grad_clip_norm")
+
+
+def model_config(config, name: str):
+  """`config` with `config.optimizers.<name>` (if any) laid over its optimizer keys."""
+  over = (config.get("optimizers", None) or {}).get(name, None)
+  if not over:
+    return config
+  unknown = sorted(set(over) - set(OPTIMIZER_KEYS))
+  if unknown:
+    raise ConfigError(f"config.optimizers.{name} has unknown key(s) {unknown}; valid: "
+                      f"{', '.join(OPTIMIZER_KEYS)}")
+  merged = ml_collections.ConfigDict(config.to_dict())
+  merged.update(over)
+  return merged
 
 
 def _impl(config) -> str:

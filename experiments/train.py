@@ -1,13 +1,17 @@
 """The shared training loop: one function, `train_and_evaluate(config, workdir)`, for every task.
 
-Flax NNX models are split into (graphdef, params, rest) and trained by a plain `jax.jit` step
-with explicit shardings: parameters and optimizer state replicated, batches sharded along the
-`data` axis of a mesh over all devices (`jax.make_mesh`). The same code runs on 1 CPU, n GPUs or
-a TPU slice. The step's PRNG key is fold_in(seed, step) and the data iterator's position is
-checkpointed, so a killed run resumes exactly where it stopped. With `config.ema_decay` > 0 the
-state also carries an EMA of the parameters (`ema.py`), which the evals score (raw: `raw_*`).
+The task's named Flax NNX models are split into (graphdef, trainable, frozen, rest)
+(`models.py`) and trained by a plain `jax.jit` of the task's step (`step.py`: one optimizer per
+trained model) with explicit shardings: parameters and optimizer states replicated, batches
+sharded along the `data` axis of a mesh over all devices (`jax.make_mesh`). The same code runs on
+1 CPU, n GPUs or a TPU slice. The step's PRNG key is fold_in(seed, step) and the data iterator's
+position is checkpointed, so a killed run resumes exactly where it stopped. With
+`config.ema_decay` > 0 the state also carries an EMA of the trainable parameters (`ema.py`),
+which the evals score (raw: `raw_*`). With `config.init_from` a fresh run starts from another
+run's parameters (`init_from.py`); a run with checkpoints of its own always resumes from them.
 """
 
+import functools
 import json
 import os
 import signal
@@ -17,20 +21,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genfm.experiments import data
 from genfm.experiments.checkpoint import Checkpointer, json_safe
-from genfm.experiments.ema import ema_decay, ema_update
 from genfm.experiments.errors import CheckpointError, ConfigError, NonFiniteLossError
-from genfm.experiments.optim import make_optimizer, make_schedule
+from genfm.experiments.init_from import initial_values
+from genfm.experiments.models import ModelSet, count
+from genfm.experiments.step import make_train_step  # noqa: F401 — part of this module's API
 from genfm.experiments.tasks import get_task
 from genfm.experiments.writer import MetricWriter, Progress, format_seconds
-# Ours (tested equal to optax.tree.norm): optax.global_norm is deprecated, optax.tree.norm is new.
-from genfm.foundations.clipping import global_norm
 
 REQUIRED_KEYS = ("task", "dataset", "seed", "batch_size", "learning_rate", "num_train_steps",
                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
@@ -39,7 +40,8 @@ RESUMABLE_KEYS = ("num_train_steps", "learning_rate", "log_every_steps", "eval_e
                   "checkpoint_every_steps")
 # Keys added to every config after runs were recorded without them, with the value that gives
 # those runs' behaviour: a workdir whose config.json lacks one resumes if the value is this.
-ADDED_KEYS = {"ema_decay": 0.0, "diffusion.clip_x0": 0.0}
+ADDED_KEYS = {"ema_decay": 0.0, "diffusion.clip_x0": 0.0, "init_from": "", "init_from_step": 0,
+              "trainable": ""}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -112,22 +114,44 @@ def to_global(batch: dict, sharding: NamedSharding) -> dict:
 
 
 def init_state(task, config):
-  """(train graphdef, eval graphdef, state, optimizer) for a fresh run.
+  """(models, state) of a fresh run: the task's models split into trainable / frozen parts with
+  their optimizers (`models.ModelSet`), and the state tree the loop jits and checkpoints."""
+  models = ModelSet(task, config)
+  return models, models.initial_state()
 
-  The NNX model is split into (graphdef, params, rest): `rest` holds BatchNorm statistics and RNG
-  stream counters. Train and eval graphdefs differ only in static flags (dropout, BN mode).
-  """
-  model = task.build_model(nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1))
-  model.train()
-  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  graph_eval = nnx.split(model, nnx.Param, ...)[0]
-  tx = make_optimizer(config)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "rest": rest,
-           "opt_state": tx.init(params)}
-  if ema_decay(config):                          # ē_0 = θ_0, its own buffers (both are donated)
-    state["ema_params"] = jax.tree.map(jnp.copy, params)
-  return graph_train, graph_eval, state, tx
+
+def params_of(state: dict, name: str = "model"):
+  """The trainable parameters of model `name` in a run's state."""
+  return state["models"][name]["params"]
+
+
+def to_legacy(state: dict) -> dict | None:
+  """The state in the one-model layout of runs recorded before named models, or None if it has
+  no such form (several models, or a frozen part): {step, params, rest, opt_state, ema_params}."""
+  if list(state["models"]) != ["model"] or count(state["models"]["model"]["frozen"]):
+    return None
+  m = state["models"]["model"]
+  old = {"step": state["step"], "params": m["params"], "rest": m["rest"],
+         "opt_state": state["opt_state"]["model"]}
+  if "ema_params" in state:
+    old["ema_params"] = state["ema_params"]["model"]
+  return old
+
+
+def from_legacy(old: dict, like: dict) -> dict:
+  """`to_legacy`'s inverse, for a checkpoint written in the old layout."""
+  state = {"step": old["step"],
+           "models": {"model": {**like["models"]["model"], "params": old["params"],
+                                "rest": old["rest"]}},
+           "opt_state": {"model": old["opt_state"]}}
+  if "ema_params" in old:
+    state["ema_params"] = {"model": old["ema_params"]}
+  return state
+
+
+def restore(ckpt: Checkpointer, state: dict):
+  """(state, data_state) of the newest checkpoint (either layout), or None when there is none."""
+  return ckpt.restore_latest(state, legacy=(to_legacy, from_legacy))
 
 
 def restore_eval_model(task, config, workdir: str):
@@ -135,49 +159,28 @@ def restore_eval_model(task, config, workdir: str):
 
   For scripts that read a finished run back (sample tables, FID features); the state tree comes
   from `init_state`, so the config must be the run's own (its `config.json`). A run with
-  `ema_decay` gives its EMA parameters, the ones its own evals scored.
+  `ema_decay` gives its EMA parameters, the ones its own evals scored. A task with several
+  models gives a dict of them by name.
   """
-  _, graph_eval, state, _ = init_state(task, config)
-  ckpt = Checkpointer(workdir)
+  models, state = init_state(task, config)
+  ckpt = Checkpointer(workdir, read_only=True)
   try:
-    restored = ckpt.restore_latest(state)
+    restored = restore(ckpt, state)
   finally:
     ckpt.close()
   if restored is None:
     return None
   state = restored[0]
-  model = nnx.merge(graph_eval, state.get("ema_params", state["params"]), state["rest"])
-  model.eval()
-  return model, int(state["step"])
+  return models.eval_models(state, ema=True), int(state["step"])
 
 
-def make_train_step(task, config, graph_train, tx):
-  """The pure step `(state, batch) -> (state, metrics)`, to be jitted with shardings."""
-  base_key, schedule = jax.random.key(config.seed), make_schedule(config)
-  decay = ema_decay(config)
-
-  def train_step(state, batch):
-    key = jax.random.fold_in(base_key, state["step"])     # same noise on resume
-
-    def loss_fn(params, rest):
-      # copy=True: fresh Variables owned by this trace, so BatchNorm may update its statistics.
-      m = nnx.merge(graph_train, params, rest, copy=True)
-      loss, metrics = task.loss(m, batch, key)
-      return loss, (metrics, nnx.split(m, nnx.Param, ...)[2])
-
-    (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["rest"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "rest": rest, "opt_state": opt_state}
-    if decay:
-      new_state["ema_params"] = ema_update(state["ema_params"], new_state["params"], decay,
-                                           state["step"])
-    metrics = {"loss": loss, **metrics, "grad_norm": global_norm(grads),
-               "learning_rate": schedule(state["step"])}
-    return new_state, metrics
-
-  return train_step
+def nonfinite(m: dict) -> str | None:
+  """The first loss or gradient norm among the metrics `m` that is NaN or Inf, else None."""
+  for k, v in m.items():
+    base = k.rsplit("/", 1)[-1]
+    if (base.endswith("loss") or base == "grad_norm") and not np.all(np.isfinite(v)):
+      return k
+  return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -194,44 +197,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated, by_data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   is_chief = jax.process_index() == 0
 
-  graph_train, graph_eval, state, tx = init_state(task, config)
-  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  models, state = init_state(task, config)
+  n_trainable, n_params = models.counts()
+  if config.get("init_from", "") and os.path.abspath(config.init_from) == os.path.abspath(workdir):
+    raise ConfigError(f"config.init_from is this run's own --workdir={workdir}; give the "
+                      "source run's workdir, and a new --workdir for the fine-tune")
   state = jax.device_put(state, replicated)
 
   train_iter = data.make_iterator(task.train_source(), seed=config.seed, shuffle=True,
                                   batch_size=config.batch_size // jax.process_count(),
                                   transform=task.train_transform())
   ckpt = Checkpointer(workdir)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
+  restored = restore(ckpt, state)
+  if restored is not None:         # our own checkpoint wins over init_from: resume exactly
     state, data_state = restored
     train_iter.set_state(data_state)
+  elif config.get("init_from", ""):
+    values, lines = initial_values(config, task, jax.device_get(state["models"]))
+    state = jax.device_put(models.initial_state(values), replicated)
+    for line in lines:
+      logging.info("init_from: %s", line)
   start = int(state["step"])
   total = config.num_train_steps
-  logging.info("%s: %s params | %d %s device(s) | %s from step %d to %d | workdir %s",
-               config.get("name", config.task), f"{n_params:,}", jax.device_count(),
-               jax.default_backend(), "resuming" if start else "training", start, total, workdir)
+  logging.info("%s: %s params (%s trainable%s) | %d %s device(s) | %s from step %d to %d | "
+               "workdir %s", config.get("name", config.task), f"{n_params:,}",
+               f"{n_trainable:,}", "" if len(models.names) == 1 else
+               f"; models {', '.join(models.names)}, trained {', '.join(models.trained)}",
+               jax.device_count(), jax.default_backend(), "resuming" if start else "training",
+               start, total, workdir)
 
-  def eval_step(params, rest, batch):
-    return task.eval_metrics(nnx.merge(graph_eval, params, rest), batch)
+  def eval_step(state, batch, ema):
+    return task.eval_metrics(models.eval_models(state, ema=ema), batch)
 
-  train_step = jax.jit(make_train_step(task, config, graph_train, tx), in_shardings=(replicated, by_data),
+  train_step = jax.jit(make_train_step(task, config, models), in_shardings=(replicated, by_data),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(eval_step, in_shardings=(replicated, replicated, by_data),
-                      out_shardings=replicated)
+  eval_steps = {ema: jax.jit(functools.partial(eval_step, ema=ema), out_shardings=replicated,
+                            in_shardings=(replicated, by_data)) for ema in (False, True)}
 
   def evaluate(state, step) -> dict[str, float]:
     """Metrics of the EMA parameters when the run keeps them, plus `raw_*` of the raw ones
     (whose sample grids go to workdir/raw_params/); of the raw parameters otherwise."""
     if "ema_params" not in state:
-      return evaluate_params(state["params"], state["rest"], step, workdir)
+      return evaluate_params(state, False, step, workdir)
     raw_dir = os.path.join(workdir, "raw_params")
     os.makedirs(raw_dir, exist_ok=True)
-    raw = evaluate_params(state["params"], state["rest"], step, raw_dir)
-    return {**evaluate_params(state["ema_params"], state["rest"], step, workdir),
+    raw = evaluate_params(state, False, step, raw_dir)
+    return {**evaluate_params(state, True, step, workdir),
             **{f"raw_{k}": v for k, v in raw.items()}}
 
-  def evaluate_params(params, rest, step, out_dir) -> dict[str, float]:
+  def evaluate_params(state, ema, step, out_dir) -> dict[str, float]:
     results = {}
     for split, source in task.eval_sources().items():
       it = data.make_iterator(source, batch_size=config.get("eval_batch_size", config.batch_size)
@@ -239,12 +253,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               drop_remainder=False, pad_remainder=True)
       sums = None
       for batch in it:
-        m = eval_step(params, rest, to_global(batch, by_data))
+        m = eval_steps[ema](state, to_global(batch, by_data))
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
       sums = jax.device_get(sums)
       count = sums.pop("count")
       results.update({f"{split}_{k}": float(v / count) for k, v in sums.items()})
-    results.update(task.after_eval(nnx.merge(graph_eval, params, rest), out_dir, step)
+    results.update(task.after_eval(models.eval_models(state, ema=ema), out_dir, step)
                    if is_chief else {})
     return results
 
@@ -258,18 +272,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     window = jax.device_get(pending)
     first = step - len(window) + 1
     for i, m in enumerate(window):
-      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+      bad = nonfinite(m)
+      if bad:
         last = ckpt.latest_step()
         raise NonFiniteLossError(
-            f"the loss became {m['loss']} (grad norm {m['grad_norm']}) at step {first + i}; the "
-            f"run stopped. The last good checkpoint (step {last}) is kept in {ckpt.directory}. "
+            f"{bad} became {m[bad]} at step {first + i} (loss {m.get('loss', '—')}); the run "
+            f"stopped. The last good checkpoint (step {last}) is kept in {ckpt.directory}. "
             "Rerun the same command with a lower --config.learning_rate to resume from it.")
     pending.clear()
     mean = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
     rate = progress.rate(step)
     if writer:
       writer.write(step, {**mean, "steps_per_sec": rate})
-    progress.log(step, rate, {k: v for k, v in mean.items() if k != "train_learning_rate"})
+    progress.log(step, rate, {k: v for k, v in mean.items() if not k.endswith("learning_rate")})
 
   step, eval_metrics = start, {}
   try:
@@ -281,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if len(pending) >= 2:
         # Keep at most one step in flight: async dispatch would otherwise let the host run
         # hundreds of steps ahead, and a SIGTERM would wait for all of them.
-        pending[-2]["loss"].block_until_ready()
+        jax.block_until_ready(pending[-2])
       last = step == total
       if step % config.log_every_steps == 0 or last or stop.signum:
         flush(step)
@@ -305,7 +320,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.close()
 
   summary = {"name": config.get("name", config.task), "step": step, "finished": step >= total,
-             "num_params": int(n_params), **eval_metrics, "backend": jax.default_backend(),
+             "num_params": int(n_params), "num_trainable_params": int(n_trainable),
+             **eval_metrics, "backend": jax.default_backend(),
              "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
              "session_seconds": round(time.time() - t_start, 1)}
   if is_chief:

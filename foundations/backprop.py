@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genfm.experiments import errors
+from genfm.foundations import errors
 
 # Each layer is (W [D_out, D_in], b [D_out]).
 Params = list[tuple[np.ndarray, np.ndarray]]

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from genfm.experiments import errors
+from genfm.foundations import errors
 
 LearningRate = Union[float, Callable[[jax.Array], jax.Array]]
 

@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from genfm.experiments import errors
+from genfm.foundations import errors
 
 Schedule = Callable[[jax.Array], jax.Array]
 

@@ -19,6 +19,9 @@ def base_config(name: str, *, task: str, dataset: str) -> ml_collections.ConfigD
   c.warmup_steps = 0
   c.grad_clip_norm = 0.0         # 0 disables clipping
   c.ema_decay = 0.0              # > 0: also keep and evaluate an EMA of the weights (ema.py)
+  c.init_from = ""               # a trained run's workdir: start from its parameters (init_from.py)
+  c.init_from_step = 0           # its checkpoint step; 0 = the newest
+  c.trainable = ""               # regex over parameter paths that train (e.g. "blocks/3/"); "" = all
   c.num_train_steps = 1000
   c.log_every_steps = 100
   c.eval_every_steps = 1000

@@ -13,6 +13,7 @@ TASKS = {
     "seq2seq": "genfm.experiments.tasks.seq2seq:Seq2SeqTask",
     "diffusion_image": "genfm.experiments.tasks.diffusion_image:DiffusionImageTask",
     "regression": "genfm.experiments.tasks.regression:RegressionTask",
+    "gan2d": "genfm.experiments.tasks.gan2d:GAN2DTask",
 }
 
 

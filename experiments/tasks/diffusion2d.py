@@ -27,24 +27,22 @@ A scatter plot of samples vs data goes to `samples_step{N}.png`.
 
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genfm.diffusion import gaussian
-from genfm.diffusion import metrics
 from genfm.diffusion import samplers
-from genfm.diffusion import schedules
 from genfm.diffusion import sde as sde_lib
 from genfm.diffusion import sde_samplers
 from genfm.diffusion.mlp_denoiser import MLPDenoiser, MLPDenoiserConfig
 from genfm.experiments import data
-from genfm.experiments.errors import ConfigError, unknown_choice
+from genfm.experiments.errors import ConfigError
+from genfm.experiments.tasks import toy2d_eval
 from genfm.experiments.tasks.base import Batch, Task
+from genfm.experiments.tasks.diffusion_common import batch_sharding, check_ddpm, choice, sampler_kwargs
 
 KINDS = ("ddpm", "sde")
 DDPM_SAMPLERS = samplers.SAMPLERS                          # ddpm, ddim, dpm_solver_pp
@@ -53,44 +51,6 @@ SDE_SAMPLERS = ("euler_maruyama", "pc", "ode")
 SDE_PREDICTIONS = ("eps", "score")
 ODE_METHODS = ("euler", "heun", "rk45")
 TIME_LABEL_SCALE = 999.0          # continuous t ∈ [0, 1] → embedding label 999·t
-
-
-def _batch_sharding(x_B: jax.Array, ndim: int) -> NamedSharding | None:
-  """The batch's sharding along `data` for a new rank-`ndim` array, or None off-mesh.
-
-  The loop's mesh has Explicit axes, where concatenating a batch-sharded x_t with a replicated
-  time embedding is a type error; so per-example noise is drawn sharded like the batch
-  (`out_sharding`; jax's threefry draws the same values under any sharding).
-  """
-  s = jax.typeof(x_B).sharding
-  if not isinstance(s, NamedSharding) or not s.mesh.axis_names:
-    return None
-  return NamedSharding(s.mesh, P(s.spec[0] if len(s.spec) else None, *([None] * (ndim - 1))))
-
-
-def _take(table_T: jax.Array, t_B: jax.Array) -> jax.Array:
-  """table[t] for batch-sharded indices: an Explicit mesh needs the gather's output sharding."""
-  s = jax.typeof(t_B).sharding
-  if isinstance(s, NamedSharding) and s.mesh.axis_names:
-    table_T = jax.sharding.reshard(table_T, NamedSharding(s.mesh, P()))
-    return table_T.at[t_B].get(out_sharding=s)
-  return table_T[t_B]
-
-
-def _choice(what: str, got, valid) -> None:
-  if got not in valid:
-    raise unknown_choice(what, got, valid)
-
-
-def _ddpm_schedule(d) -> schedules.Schedule:
-  """`config.diffusion`'s discrete schedule, its sample step count checked against T."""
-  try:
-    sched = schedules.make_schedule(d.schedule, d.num_timesteps)
-    if d.sampler != "ddpm":
-      samplers.timesteps(d.num_timesteps, d.sample_steps)   # validates 1 ≤ steps ≤ T
-  except ValueError as e:
-    raise ConfigError(f"config.diffusion: {e}") from None
-  return sched
 
 
 class Diffusion2DTask(Task):
@@ -103,18 +63,14 @@ class Diffusion2DTask(Task):
       raise ConfigError(f"dataset {config.dataset!r} is not a 2-D point set; the diffusion2d "
                         "task needs one of: moons, eight_gaussians, swiss_roll")
     d = config.diffusion
-    _choice("config.diffusion.kind", d.kind, KINDS)
+    choice("config.diffusion.kind", d.kind, KINDS)
     if d.kind == "ddpm":
-      _choice("config.diffusion.prediction", d.prediction, DDPM_PREDICTIONS)
-      _choice("config.diffusion.sampler", d.sampler, DDPM_SAMPLERS)
-      _choice("config.diffusion.schedule", d.schedule, schedules.SCHEDULES)
-      _choice("config.diffusion.variance", d.variance, samplers.VARIANCES)
-      self.sched = _ddpm_schedule(d)
+      self.sched = check_ddpm(d)
     else:
-      _choice("config.diffusion.prediction", d.prediction, SDE_PREDICTIONS)
-      _choice("config.diffusion.sampler", d.sampler, SDE_SAMPLERS)
-      _choice("config.diffusion.sde", d.sde, sde_lib.SDE_NAMES)
-      _choice("config.diffusion.ode_method", d.ode_method, ODE_METHODS)
+      choice("config.diffusion.prediction", d.prediction, SDE_PREDICTIONS)
+      choice("config.diffusion.sampler", d.sampler, SDE_SAMPLERS)
+      choice("config.diffusion.sde", d.sde, sde_lib.SDE_NAMES)
+      choice("config.diffusion.ode_method", d.ode_method, ODE_METHODS)
       if not isinstance(d.sample_steps, int) or d.sample_steps < 1:
         raise ConfigError(f"config.diffusion.sample_steps must be a positive integer, got "
                           f"{d.sample_steps!r}")
@@ -153,11 +109,11 @@ class Diffusion2DTask(Task):
     t_key, z_key = jax.random.split(key)
     if self.config.diffusion.kind == "ddpm":
       t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
-                               out_sharding=_batch_sharding(x0_B2, 1))
+                               out_sharding=batch_sharding(x0_B2, 1))
     else:
       t_B = jax.random.uniform(t_key, (b,), minval=self.config.diffusion.t_eps,
-                               maxval=self.sde.T, out_sharding=_batch_sharding(x0_B2, 1))
-    z_B2 = jax.random.normal(z_key, (b, 2), jnp.float32, out_sharding=_batch_sharding(x0_B2, 2))
+                               maxval=self.sde.T, out_sharding=batch_sharding(x0_B2, 1))
+    z_B2 = jax.random.normal(z_key, (b, 2), jnp.float32, out_sharding=batch_sharding(x0_B2, 2))
     return t_B, z_B2
 
   def score_fn(self, model: nnx.Module):
@@ -172,20 +128,12 @@ class Diffusion2DTask(Task):
 
   def per_example_loss(self, model: nnx.Module, x0_B2: jax.Array, t_B: jax.Array,
                        z_B2: jax.Array) -> jax.Array:
-    """[B] losses at given times and noise (the training loss is their mean)."""
+    """[B] losses at given times and noise (the training loss is their mean): the library's
+    L_simple (eq. 14 of 2006.11239) or denoising score matching (eq. 7 of 2011.13456)."""
     d = self.config.diffusion
     if d.kind == "ddpm":
-      alpha_B1 = _take(self.sched.sqrt_alphas_cumprod, t_B)[:, None]          # √ᾱ_t
-      sigma_B1 = _take(self.sched.sqrt_one_minus_alphas_cumprod, t_B)[:, None]  # √(1 − ᾱ_t)
-      xt_B2 = alpha_B1 * x0_B2 + sigma_B1 * z_B2                      # eq. (4) of 2006.11239
-      target_B2 = gaussian.target(x0_B2, z_B2, alpha_B1, sigma_B1, d.prediction)
-      err_B2 = model(xt_B2, t_B).astype(jnp.float32) - target_B2
-      return jnp.mean(jnp.square(err_B2), axis=-1)                    # eq. (14), L_simple
-    mean_B2, std_B2 = sde_lib.marginal_prob(self.sde, x0_B2, t_B)
-    xt_B2 = mean_B2 + std_B2 * z_B2
-    score_B2 = self.score_fn(model)(xt_B2, t_B).astype(jnp.float32)
-    # λ(t) ‖s_θ − ∇log p_0t‖² with λ = s²: ‖s·s_θ + z‖² — eq. (7) of 2011.13456
-    return jnp.sum(jnp.square(std_B2 * score_B2 + z_B2), axis=-1)
+      return gaussian.per_example_loss(model, self.sched, x0_B2, t_B, z_B2, d.prediction)
+    return sde_lib.dsm_per_example(self.score_fn(model), self.sde, x0_B2, t_B, z_B2)
 
   def loss(self, model, batch: Batch, key: jax.Array):
     x0_B2 = batch["x"]
@@ -205,15 +153,8 @@ class Diffusion2DTask(Task):
     """[num, 2] samples with the configured sampler (traceable; jit it around the model)."""
     d, shape = self.config.diffusion, (num, 2)
     if d.kind == "ddpm":
-      model_fn = lambda x, t: model(x, t)
-      kwargs = {"prediction_type": d.prediction}
-      if d.sampler == "ddpm":
-        kwargs["variance"] = d.variance
-      else:
-        kwargs["num_steps"] = d.sample_steps
-        if d.sampler == "ddim":
-          kwargs["eta"] = d.eta
-      return samplers.sample(d.sampler, model_fn, self.sched, key, shape, **kwargs)
+      return samplers.sample(d.sampler, lambda x, t: model(x, t), self.sched, key, shape,
+                             **sampler_kwargs(d, d.sampler))
     score_fn = self.score_fn(model)
     if d.sampler == "ode":
       x_T = sde_lib.prior_sample(self.sde, key, shape)
@@ -232,42 +173,11 @@ class Diffusion2DTask(Task):
     return self._sample_fn
 
   def after_eval(self, model, workdir: str, step: int) -> dict[str, float]:
-    n = self.config.eval.num_samples
-    test_N2 = data.load(self.config.dataset, "test").arrays["x"]
-    if test_N2.shape[0] < 2 * n:
-      raise ConfigError(f"config.eval.num_samples={n} needs 2n ≤ {test_N2.shape[0]} test points")
+    toy2d_eval.check_num_samples(self.config)
     graphdef, state = nnx.split(model)
     samples_N2 = np.asarray(jax.device_get(self.jitted_sampler(graphdef)(state)))
-    perm = np.random.default_rng(self.config.eval.sample_seed).permutation(test_N2.shape[0])
-    ref_N2, other_N2 = test_N2[perm[:n]], test_N2[perm[n:2 * n]]
-    finite = np.isfinite(samples_N2).all(axis=-1)
-    ed = float(metrics.energy_distance(samples_N2[finite], ref_N2)) if finite.all() else np.inf
-    floor = float(metrics.energy_distance(other_N2, ref_N2))      # data vs data, same n
-    save_scatter(os.path.join(workdir, f"samples_step{step}.png"), samples_N2, ref_N2,
-                 f"{self.config.get('name', 'diffusion2d')} step {step}: energy distance "
-                 f"{ed:.4f} (floor {floor:.4f})")
-    return {"energy_distance": ed, "energy_floor": floor, "energy_ratio": ed / floor}
+    return toy2d_eval.evaluate(self.config, samples_N2, workdir, step,
+                               self.config.get("name", "diffusion2d"))
 
 
-def save_scatter(path: str, samples_N2: np.ndarray, data_N2: np.ndarray, title: str) -> str:
-  """Side-by-side scatter of samples and data on shared axes, as a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")                        # headless
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(8, 4.2), sharex=True, sharey=True)
-  for ax, pts, name, color in ((axes[0], data_N2, "held-out data", "tab:blue"),
-                               (axes[1], samples_N2, "samples", "tab:orange")):
-    pts = pts[np.isfinite(pts).all(axis=-1)]
-    ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color=color)
-    ax.set_title(f"{name} ({len(pts)})")
-    ax.set_aspect("equal")
-  lo, hi = np.percentile(data_N2, [0, 100], axis=0)
-  pad = 0.1 * (hi - lo)
-  axes[0].set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-  axes[0].set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+save_scatter = toy2d_eval.save_scatter    # where earlier code imported it from

@@ -29,38 +29,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genfm.diffusion import fashion_fid
 from genfm.diffusion import gaussian
 from genfm.diffusion import guidance
 from genfm.diffusion import samplers
-from genfm.diffusion import schedules
 from genfm.diffusion.unet import UNet, UNetConfig
-from genfm.experiments import data
+from genfm.experiments import data, fid_classifier
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
-# Batch-sharded draws and gathers on the loop's Explicit mesh (shared with the 2-D task).
-from genfm.experiments.tasks.diffusion2d import _batch_sharding, _choice, _ddpm_schedule, _take
+from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, like,
+                                                      replicated, sampler_kwargs)
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                       "Sneaker", "Bag", "Ankle boot"),
 }
-
-
-def _replicated(x: jax.Array) -> jax.Array:
-  """`x` replicated over the loop's Explicit mesh (unchanged off-mesh).
-
-  The U-Net (`diffusion/unet.py`) is not written for Explicit sharding: its label `nnx.Embed`
-  gather and its attention reshape need output shardings it does not pass. So the network runs
-  on replicated inputs: exact on one device (all the CPU and single-GPU runs here); on a
-  multi-device mesh it is correct but not data-parallel — that needs `out_sharding` in unet.py.
-  """
-  s = jax.typeof(x).sharding
-  if isinstance(s, NamedSharding) and s.mesh.axis_names:
-    return jax.sharding.reshard(x, NamedSharding(s.mesh, P()))
-  return x
 
 
 def to_model_input(image_BHWC: jax.Array, pad: int) -> jax.Array:
@@ -91,10 +75,7 @@ class DiffusionImageTask(Task):
                         f"(the U-Net's {len(config.model.channel_mults)} levels); change "
                         "config.pad or config.model.channel_mults")
     d = config.diffusion
-    _choice("config.diffusion.prediction", d.prediction, gaussian.PREDICTION_TYPES)
-    _choice("config.diffusion.sampler", d.sampler, samplers.SAMPLERS)
-    _choice("config.diffusion.schedule", d.schedule, schedules.SCHEDULES)
-    _choice("config.diffusion.variance", d.variance, samplers.VARIANCES)
+    self.sched = check_ddpm(d)
     if not 0.0 <= d.p_uncond <= 1.0:
       raise ConfigError(f"config.diffusion.p_uncond must be in [0, 1], got {d.p_uncond}")
     clip = d.get("clip_x0", 0.0)
@@ -104,7 +85,6 @@ class DiffusionImageTask(Task):
     if d.guidance_scale != 1.0 and d.p_uncond == 0.0:
       raise ConfigError(f"config.diffusion.guidance_scale={d.guidance_scale} needs an "
                         "unconditional model: train with config.diffusion.p_uncond > 0 (0.1)")
-    self.sched = _ddpm_schedule(d)
     n = config.eval.num_samples
     if not isinstance(n, int) or n < 2:
       raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
@@ -141,22 +121,19 @@ class DiffusionImageTask(Task):
     b = x0_BHWC.shape[0]
     t_key, z_key, u_key = jax.random.split(key, 3)
     t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
-                             out_sharding=_batch_sharding(x0_BHWC, 1))
+                             out_sharding=batch_sharding(x0_BHWC, 1))
     z_BHWC = jax.random.normal(z_key, x0_BHWC.shape, jnp.float32,
-                               out_sharding=_batch_sharding(x0_BHWC, 4))
-    u_B = jax.random.uniform(u_key, (b,), out_sharding=_batch_sharding(x0_BHWC, 1))
+                               out_sharding=batch_sharding(x0_BHWC, 4))
+    u_B = jax.random.uniform(u_key, (b,), out_sharding=batch_sharding(x0_BHWC, 1))
     return t_B, z_BHWC, u_B
 
   def per_example_loss(self, model, x0_BHWC, labels_B, t_B, z_BHWC) -> jax.Array:
-    """[B] L_simple at given t, ε and (possibly null) labels."""
-    d = self.config.diffusion
-    alpha_B = _take(self.sched.sqrt_alphas_cumprod, t_B)[:, None, None, None]          # √ᾱ_t
-    sigma_B = _take(self.sched.sqrt_one_minus_alphas_cumprod, t_B)[:, None, None, None]
-    xt_BHWC = alpha_B * x0_BHWC + sigma_B * z_BHWC                    # eq. (4) of 2006.11239
-    target = gaussian.target(x0_BHWC, z_BHWC, alpha_B, sigma_B, d.prediction)
-    pred = model(_replicated(xt_BHWC), _replicated(t_B), _replicated(labels_B))
-    err = pred.astype(jnp.float32) - _replicated(target)
-    return jnp.mean(jnp.square(err), axis=(1, 2, 3))                  # eq. (14), L_simple
+    """[B] L_simple (eq. 14 of 2006.11239, the library's) at given t, ε and (possibly null)
+    labels. The U-Net runs on replicated inputs (`diffusion_common.replicated`); its output is
+    laid out like x_t again."""
+    model_fn = lambda xt, t: like(model(replicated(xt), replicated(t), replicated(labels_B)), xt)
+    return gaussian.per_example_loss(model_fn, self.sched, x0_BHWC, t_B, z_BHWC,
+                                     self.config.diffusion.prediction)
 
   def loss(self, model, batch: Batch, key: jax.Array):
     x0_BHWC = to_model_input(batch["image"], self.config.get("pad", 0))
@@ -183,16 +160,8 @@ class DiffusionImageTask(Task):
     scale = d.guidance_scale if scale is None else scale
     model_fn = guidance.guided_model(model, labels_B, self.num_classes, scale)
     shape = (labels_B.shape[0],) + self.image_shape
-    kwargs = {"prediction_type": d.prediction}
-    if d.get("clip_x0", 0.0):                   # x̂_0 ∈ [−c, c] at every step (samplers.py)
-      kwargs["clip_x0"] = float(d.clip_x0)
-    if sampler == "ddpm":
-      kwargs["variance"] = d.variance
-    else:
-      kwargs["num_steps"] = d.sample_steps if num_steps is None else num_steps
-      if sampler == "ddim":
-        kwargs["eta"] = d.eta
-    return samplers.sample(sampler, model_fn, self.sched, key, shape, **kwargs)
+    return samplers.sample(sampler, model_fn, self.sched, key, shape,
+                           **sampler_kwargs(d, sampler, num_steps))
 
   def sample_fn(self, graphdef, sampler: str, num_steps: int | None = None):
     """jit((state, key, labels) → samples), compiled once per (sampler, steps)."""
@@ -225,7 +194,7 @@ class DiffusionImageTask(Task):
       return None
     if self._fid is None:
       try:
-        classifier, clf_cfg = fashion_fid.load_classifier(workdir)
+        classifier, clf_cfg = fid_classifier.load_classifier(workdir)
       except (FileNotFoundError, ValueError) as e:     # one line from the launcher, exit 2
         raise ConfigError(f"config.fid_classifier_workdir: {e}") from None
       if clf_cfg.get("dataset") != self.config.dataset:

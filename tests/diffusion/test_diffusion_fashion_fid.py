@@ -13,7 +13,7 @@ from flax import nnx
 
 from genfm.diffusion import fashion_fid
 from genfm.diffusion import metrics
-from genfm.experiments import data
+from genfm.experiments import data, fid_classifier
 from genfm.foundations.cnn import LeNet
 from genfm.foundations.mlp import to_float
 
@@ -128,4 +128,4 @@ def test_bad_input_errors(tmp_path, evaluator):
   with pytest.raises(ValueError, match="cannot feed"):
     fashion_fid.to_pixels(np.zeros((2, 6, 6, 1)), (8, 8, 1))
   with pytest.raises(FileNotFoundError, match="fashion_lenet.py"):
-    fashion_fid.load_classifier(str(tmp_path / "missing"))
+    fid_classifier.load_classifier(str(tmp_path / "missing"))

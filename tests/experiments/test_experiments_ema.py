@@ -66,7 +66,7 @@ def test_default_configs_keep_no_average():
   c = fashion_mlp.get_config("smoke")
   task = get_task(c)
   assert c.ema_decay == 0.0
-  assert "ema_params" not in train.init_state(task, c)[2]
+  assert "ema_params" not in train.init_state(task, c)[1]
 
 
 def test_loop_average_equals_the_recursion_replayed_on_its_own_iterates():
@@ -76,21 +76,22 @@ def test_loop_average_equals_the_recursion_replayed_on_its_own_iterates():
   c = fashion_mlp.get_config("smoke")
   c.ema_decay = 0.2
   task = get_task(c)
-  graph_train, _, state, tx = train.init_state(task, c)
-  step_fn = jax.jit(train.make_train_step(task, c, graph_train, tx))
+  models, state = train.init_state(task, c)
+  step_fn = jax.jit(train.make_train_step(task, c, models))
   it = data.make_iterator(task.train_source(), seed=c.seed, shuffle=True, batch_size=32,
                           transform=task.train_transform())
   to64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
-  ema = to64(state["params"])
-  chex.assert_trees_all_equal(state["ema_params"], state["params"])   # ē_0 = θ_0
+  ema_of = lambda s: s["ema_params"]["model"]
+  ema = to64(train.params_of(state))
+  chex.assert_trees_all_equal(ema_of(state), train.params_of(state))   # ē_0 = θ_0
   for k in range(5):
     state, _ = step_fn(state, next(it))
     d = min(0.2, (1 + k) / (10 + k))
-    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, to64(state["params"]))
-  chex.assert_trees_all_close(to64(state["ema_params"]), ema, rtol=1e-5, atol=1e-7)
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, to64(train.params_of(state)))
+  chex.assert_trees_all_close(to64(ema_of(state)), ema, rtol=1e-5, atol=1e-7)
   # The average lags the iterate: it is not the parameters themselves.
   gap = max(float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(to64(state["ema_params"])), jax.tree.leaves(to64(state["params"]))))
+      jax.tree.leaves(to64(ema_of(state))), jax.tree.leaves(to64(train.params_of(state)))))
   assert gap > 1e-4
 
 
@@ -112,10 +113,10 @@ def test_launcher_evaluates_the_average_and_reads_it_back(tmp_path, launch):
   assert step == 60
   ckpt = train.Checkpointer(str(tmp_path))
   try:
-    st, _ = ckpt.restore_latest(train.init_state(task, c)[2])
+    st, _ = ckpt.restore_latest(train.init_state(task, c)[1])
   finally:
     ckpt.close()
-  chex.assert_trees_all_equal(nnx.state(model, nnx.Param), st["ema_params"])
+  chex.assert_trees_all_equal(nnx.state(model, nnx.Param), st["ema_params"]["model"])
 
 
 def test_workdir_recorded_before_ema_existed_resumes_only_without_it(tmp_path):

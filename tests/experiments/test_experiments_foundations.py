@@ -24,14 +24,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _train_params(config, num_steps: int):
   """Params after `num_steps` launcher train steps (same init, batches and keys every call)."""
   task = get_task(config)
-  graph_train, _, state, tx = train.init_state(task, config)
-  step = jax.jit(train.make_train_step(task, config, graph_train, tx))
+  models, state = train.init_state(task, config)
+  step = jax.jit(train.make_train_step(task, config, models))
   it = data.make_iterator(task.train_source(), batch_size=config.batch_size, seed=0)
   lrs = []
   for _ in range(num_steps):
     state, metrics = step(state, jax.tree.map(jnp.asarray, next(it)))
     lrs.append(float(metrics["learning_rate"]))
-  return state["params"], np.array(lrs)
+  return train.params_of(state), np.array(lrs)
 
 
 @pytest.mark.parametrize("optimizer,schedule,clip", [
@@ -55,7 +55,7 @@ def test_genfm_impl_trains_like_optax(optimizer, schedule, clip):
   if schedule == "warmup_cosine":
     assert lr_ours[0] == 0.0 and lr_ours[4] == pytest.approx(c.learning_rate)   # ramp, then peak
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), p_ours,
-                                       train.init_state(get_task(c), c)[2]["params"]))
+                                       train.params_of(train.init_state(get_task(c), c)[1])))
   assert max(moved) > 1e-3                           # the runs really trained
   chex.assert_trees_all_close(p_ours, p_ref, rtol=1e-5, atol=1e-6)
 
@@ -155,8 +155,8 @@ def test_optimizer_update_bench_covers_every_optimizer(fake_peak):
 
 def _one_step(config):
   task = get_task(config)
-  graph_train, _, state, tx = train.init_state(task, config)
-  step = jax.jit(train.make_train_step(task, config, graph_train, tx))
+  models, state = train.init_state(task, config)
+  step = jax.jit(train.make_train_step(task, config, models))
   batch = jax.tree.map(jnp.asarray, next(data.make_iterator(task.train_source(),
                                                             batch_size=config.batch_size, seed=0)))
   return state, *step(state, batch)
@@ -172,15 +172,15 @@ def test_bf16_compute_keeps_fp32_master_weights_and_state():
   (init, s32, m32), (_, s16, m16) = runs["fp32"], runs["bf16"]
   rel = abs(float(m16["loss"]) - float(m32["loss"])) / float(m32["loss"])
   assert 0 < rel < 2**-7, rel                     # bf16 has 8 significant bits: differs, slightly
-  for tree in (s16["params"], s16["opt_state"], s16["rest"]):
+  for tree in (s16["models"], s16["opt_state"]):
     for leaf in jax.tree.leaves(tree):
       assert not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.dtype == jnp.float32, leaf.dtype
-  leaves = lambda s: [np.asarray(x, np.float64) for x in jax.tree.leaves(s["rest"])
+  leaves = lambda s: [np.asarray(x, np.float64) for x in jax.tree.leaves(s["models"]["model"]["rest"])
                       if jnp.issubdtype(x.dtype, jnp.number)]
   for a, b, before in zip(leaves(s16), leaves(s32), leaves(init)):
     assert np.max(np.abs(b - before)) > 0          # statistics / RNG count moved in fp32 ...
     np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)   # ... and the same way in bf16
-  chex.assert_trees_all_close(s16["params"], s32["params"], rtol=0, atol=3e-3)  # lr 3e-3 step
+  chex.assert_trees_all_close(train.params_of(s16), train.params_of(s32), rtol=0, atol=3e-3)  # lr 3e-3 step
 
 
 def test_bf16_smoke_trains_to_the_fp32_accuracy(tmp_path):

@@ -44,15 +44,15 @@ def test_linreg_launcher_step_is_the_hand_derived_gradient_step():
   """One launcher SGD step from θ = 0 equals θ − η (2/B)[xᵀr; Σr] (`linreg.mse_grad`)."""
   c = foundations_linreg.get_config("smoke")
   task = get_task(c)
-  graph_train, _, state, tx = train.init_state(task, c)
-  step = jax.jit(train.make_train_step(task, c, graph_train, tx))
+  models, state = train.init_state(task, c)
+  step = jax.jit(train.make_train_step(task, c, models))
   batch = {k: jnp.asarray(v[:c.batch_size]) for k, v in task.data["train"].items()}
   new_state, metrics = step(state, batch)
   zero = linreg.LinearParams(jnp.zeros(c.regression.num_features), jnp.zeros(()))
   g = linreg.mse_grad(zero, batch["x"], batch["y"])
   assert float(metrics["learning_rate"]) == pytest.approx(c.learning_rate)   # cosine at step 0
-  np.testing.assert_allclose(new_state["params"]["w_D"][...], -c.learning_rate * g.w_D, rtol=1e-5)
-  np.testing.assert_allclose(new_state["params"]["b"][...], -c.learning_rate * g.b, rtol=1e-5)
+  np.testing.assert_allclose(train.params_of(new_state)["w_D"][...], -c.learning_rate * g.w_D, rtol=1e-5)
+  np.testing.assert_allclose(train.params_of(new_state)["b"][...], -c.learning_rate * g.b, rtol=1e-5)
   assert float(metrics["loss"]) == pytest.approx(float(jnp.mean(batch["y"] ** 2)), rel=1e-6)
 
 

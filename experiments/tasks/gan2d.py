@@ -1,0 +1,98 @@
+"""A GAN on the 2-D toy sets: two models, two optimizers, alternating updates in one step.
+
+Goodfellow et al. 2014, arXiv:1406.2661, Algorithm 1: per training step, k discriminator
+updates (`config.gan.critic_steps`) on the real batch against fresh generator samples, then one
+generator update on fresh noise; losses from `genfm.foundations.gan` (the discriminator's
+−V of eq. (1), and the non-saturating or minimax generator loss). Each model has its own
+optimizer and schedule (`config.optimizers.{generator,discriminator}`, e.g. the two learning
+rates of TTUR, Heusel et al. 2017, arXiv:1706.08500). This is also the loop's small two-model
+task: its metrics go under each model's name (`train_generator/loss`,
+`train_discriminator/grad_norm`), and it resumes bitwise after SIGKILL like every task.
+
+Evaluation: held-out discriminator loss (fixed noise), and the energy distance of
+`eval.num_samples` generator samples to held-out points beside the data floor
+(`toy2d_eval`), with a scatter plot.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from genfm.experiments import data
+from genfm.experiments.errors import ConfigError
+from genfm.experiments.tasks import toy2d_eval
+from genfm.experiments.tasks.base import Batch, Task
+from genfm.experiments.tasks.diffusion_common import batch_sharding, choice
+from genfm.foundations import gan
+
+
+class GAN2DTask(Task):
+  """`config.dataset` (2-D points) → MLP generator vs MLP discriminator."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self._train = data.load(config.dataset, "train")
+    if set(self._train.info.features) != {"x"} or self._train.info.features["x"][0] != (2,):
+      raise ConfigError(f"dataset {config.dataset!r} is not a 2-D point set; the gan2d task "
+                        "needs one of: moons, eight_gaussians, swiss_roll")
+    g = config.gan
+    choice("config.gan.generator_loss", g.generator_loss, gan.GENERATOR_LOSSES)
+    if not isinstance(g.critic_steps, int) or g.critic_steps < 1:
+      raise ConfigError(f"config.gan.critic_steps must be a positive integer, got "
+                        f"{g.critic_steps!r}")
+    toy2d_eval.check_num_samples(config)
+    self._sample_fn = None
+
+  def train_source(self):
+    return self._train
+
+  def eval_sources(self):
+    return {"test": data.load(self.config.dataset, "test")}
+
+  def build_models(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
+    g = self.config.gan
+    return {"generator": gan.MLPGenerator(g.latent_dim, 2, g.hidden, g.depth, rngs=rngs),
+            "discriminator": gan.MLPDiscriminator(2, g.hidden, g.depth, rngs=rngs)}
+
+  def noise(self, key: jax.Array, like_B2: jax.Array) -> jax.Array:
+    """z [B, Z] ~ N(0, I), laid out like the batch."""
+    return jax.random.normal(key, (like_B2.shape[0], self.config.gan.latent_dim), jnp.float32,
+                             out_sharding=batch_sharding(like_B2, 2))
+
+  def train_step(self, ctx, batch: Batch, key: jax.Array) -> None:
+    x_B2, g = batch["x"], self.config.gan
+    for i in range(g.critic_steps):           # Algorithm 1: k steps of D, then one of G
+      fake_B2 = ctx.model("generator", train=True)(self.noise(jax.random.fold_in(key, i), x_B2))
+
+      def d_loss(disc, fake_B2=fake_B2):
+        real_B, fake_B = disc(x_B2), disc(fake_B2)
+        return gan.discriminator_loss(real_B, fake_B), {
+            "d_real": jnp.mean(jax.nn.sigmoid(real_B)), "d_fake": jnp.mean(jax.nn.sigmoid(fake_B))}
+
+      ctx.update("discriminator", d_loss)
+    z_BZ = self.noise(jax.random.fold_in(key, g.critic_steps), x_B2)
+    disc = ctx.model("discriminator", train=True)   # after its updates; a constant for G's loss
+    ctx.update("generator", lambda gen: (gan.generator_loss(disc(gen(z_BZ)), g.generator_loss),
+                                         {}))
+
+  def eval_metrics(self, models, batch: Batch):
+    """Held-out discriminator loss −V (fixed noise), as per-example sums."""
+    x_B2, mask_B = batch["x"], batch["mask"]
+    disc = models["discriminator"]
+    fake_B2 = models["generator"](self.noise(jax.random.key(1234), x_B2))
+    real_B, fake_B = disc(x_B2), disc(fake_B2)
+    loss_B = jax.nn.softplus(-real_B) + jax.nn.softplus(fake_B)   # −V per example, eq. (1)
+    return {"discriminator_loss": (loss_B * mask_B).sum(), "count": mask_B.sum()}
+
+  def after_eval(self, models, workdir: str, step: int) -> dict[str, float]:
+    if self._sample_fn is None:
+      graphdef = nnx.graphdef(models["generator"])
+      num, seed = self.config.eval.num_samples, self.config.eval.sample_seed
+      self._sample_fn = jax.jit(lambda state: nnx.merge(graphdef, state)(
+          jax.random.normal(jax.random.key(seed), (num, self.config.gan.latent_dim))))
+    samples_N2 = np.asarray(jax.device_get(self._sample_fn(nnx.state(models["generator"]))))
+    return toy2d_eval.evaluate(self.config, samples_N2, workdir, step,
+                               self.config.get("name", "gan2d"))
