@@ -1,8 +1,10 @@
 """Shared fixtures for the experiment tests."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +48,47 @@ def _launch(config, workdir, *overrides, timeout=900):
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-@pytest.fixture
+def final_state(workdir):
+  """(step, state tree as numpy) of the newest checkpoint in `workdir`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpts = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  return step, ocp.PyTreeCheckpointer().restore(os.path.join(ckpts, str(step), "state"))
+
+
+def _kill_and_resume(config, workdir, *overrides, after_step: int):
+  """Starts the run, SIGKILLs it once a checkpoint at step ≥ `after_step` exists, and reruns the
+  same command to the end. Returns (step killed at, the resumed CompletedProcess)."""
+  cmd = [sys.executable, "-m", "genfm.experiments.run", f"--config={CONFIGS}/{config}",
+         f"--workdir={workdir}", *overrides]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  ckpts, deadline = os.path.join(workdir, "checkpoints"), time.time() + 180
+  while time.time() < deadline:
+    if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= after_step
+                                    for d in os.listdir(ckpts)):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "run finished before it could be killed; make it longer"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  return killed_at, _launch(config, workdir, *overrides, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_state():
+  """`checkpoint_state(workdir) -> (step, numpy state tree)` of the newest checkpoint."""
+  return final_state
+
+
+@pytest.fixture(scope="session")
+def kill_and_resume():
+  """`kill_and_resume(config, workdir, *overrides, after_step=N) -> (killed_at, resumed)`."""
+  return _kill_and_resume
+
+
+@pytest.fixture(scope="session")
 def launch():
   """`launch(config, workdir, *overrides, timeout=900) -> CompletedProcess` through the
   launcher; `timeout` (seconds) turns a hung run into a failure."""

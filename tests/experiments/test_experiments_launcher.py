@@ -60,7 +60,7 @@ def test_smoke_config_reaches_target_and_writes_outputs(tmp_path, config):
   assert "steps/s" in proc.stderr and "ETA" in proc.stderr                # progress line
 
 
-def test_sigkill_mid_run_resumes_bitwise(tmp_path):
+def test_sigkill_mid_run_resumes_bitwise(tmp_path, kill_and_resume):
   """Kill -9 after a checkpoint, rerun the same command: the final state equals an
   uninterrupted run bit for bit (dropout RNG, BatchNorm statistics, Adam moments, data order,
   the parameter EMA)."""
@@ -69,19 +69,8 @@ def test_sigkill_mid_run_resumes_bitwise(tmp_path):
           "--config.model.batch_norm=True", "--config.ema_decay=0.99")
   ref, killed = tmp_path / "ref", tmp_path / "killed"
   assert launch("fashion_mlp.py:smoke", ref, *args).returncode == 0
-  proc = launch("fashion_mlp.py:smoke", killed, *args, wait=False)
-  deadline = time.time() + 120
-  while time.time() < deadline:
-    ckpts = killed / "checkpoints"
-    if ckpts.exists() and any(d.isdigit() and int(d) >= 100 for d in os.listdir(ckpts)):
-      break
-    time.sleep(0.02)
-  assert proc.poll() is None, "run finished before it could be killed; make it longer"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(int(d) for d in os.listdir(killed / "checkpoints") if d.isdigit())
+  killed_at, resumed = kill_and_resume("fashion_mlp.py:smoke", killed, *args, after_step=100)
   assert killed_at < 600
-  resumed = launch("fashion_mlp.py:smoke", killed, *args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming from step {killed_at}" in resumed.stderr
   (step_a, a), (step_b, b) = final_state(ref), final_state(killed)
