@@ -97,6 +97,7 @@ BENCHES = {
     "backprop_step": "genfm.experiments.bench_foundations:backprop_step",
     "optimizer_update": "genfm.experiments.bench_foundations:optimizer_update",
     "gpt_train_step": "genfm.experiments.bench_lm:gpt_train_step",
+    "gpt_partial_train_step": "genfm.experiments.bench_lm:gpt_partial_train_step",
     "gpt_decode": "genfm.experiments.bench_lm:gpt_decode",
     "ddpm_train_step": "genfm.experiments.bench_diffusion:ddpm_train_step",
     "diffusion_sample": "genfm.experiments.bench_diffusion:diffusion_sample",

@@ -9,6 +9,10 @@ gpt_train_step: one AdamW step (`jax.jit` of `value_and_grad` of next-token CE, 
   XLA, cuDNN and our Pallas flash attention: their fraction of the bf16 matmul peak is the MFU.
   Measured on an H200 (jax 0.11.2): 28.5 % (XLA), 48.7 % (cuDNN), 47.0 % (Pallas) of the
   645 TFLOP/s measured peak; see WORKSPACE.md, *GPU benchmarks*.
+gpt_partial_train_step: the launcher's own step (`ModelSet` + `make_train_step`) for the char CPU
+  config trained fully vs with only its last layer trainable (`config.trainable`): optimizer-state
+  bytes (AdamW's two moments of the trainable part only), step time, XLA's FLOPs per step (the
+  frozen layers' weight gradients are not computed) — the costs a fine-tune saves.
 gpt_decode: greedy decoding of 256 new tokens after a 64-token prompt, with the preallocated
   KV cache vs recomputing the whole buffer at every step, through `sampling.generate` (a host
   loop, one dispatch per token) and fused into one `lax.scan`; all four must give the same tokens.
@@ -83,6 +87,60 @@ def gpt_train_step(emit) -> None:
           "xla_fraction_of_matmul_peak": (xla_flops / t / peak["flops_per_sec"]
                                           if xla_flops else None),
           "device": jax.devices()[0].device_kind})
+
+
+def gpt_partial_train_step(emit) -> None:
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from genfm.experiments.models import ModelSet  # pylint: disable=g-import-not-at-top
+  from genfm.experiments.step import make_train_step  # pylint: disable=g-import-not-at-top
+  from genfm.experiments.tasks.base import Task  # pylint: disable=g-import-not-at-top
+
+  class _GPTTask(Task):          # next-token CE on a fixed batch, as the lm task computes it
+    def train_source(self):
+      return None
+
+    def build_model(self, rngs):
+      return gpt.GPT(CPU_CONFIG, rngs=rngs)
+
+    def loss(self, model, batch, key):
+      del key
+      ce = gpt.lm_loss(model(batch["tokens"][:, :-1]), batch["tokens"][:, 1:])
+      return ce, {}
+
+  peak = bench.matmul_peak()
+  emit(peak)
+  batch = {"tokens": jax.random.randint(jax.random.key(1), (12, CPU_CONFIG.context_len + 1), 0,
+                                        CPU_CONFIG.vocab_size)}
+  last = f"^layers/{CPU_CONFIG.num_layers - 1}/"
+  rows = {}
+  for label, pattern in (("full", ""), ("last_layer_only", last)):
+    cfg = ml_collections.ConfigDict({"seed": 0, "optimizer": "adamw", "learning_rate": 1e-3,
+                                     "weight_decay": 0.1, "schedule": "constant",
+                                     "num_train_steps": 1000, "trainable": pattern})
+    task = _GPTTask(cfg)
+    models = ModelSet(task, cfg)
+    state = models.initial_state()
+    step = jax.jit(make_train_step(task, cfg, models), donate_argnums=0)
+    flops = bench.compiled_flops(step, state, batch)
+    holder = [state]
+
+    def run(batch):
+      holder[0], metrics = step(holder[0], batch)
+      return metrics["loss"]
+
+    t = bench.time_fn(run, batch, warmup=2, iters=20)
+    trainable, total = models.counts()
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(holder[0]["opt_state"]))
+    rows[label] = {"name": "gpt_partial_train_step", "trained": label, "trainable": pattern,
+                   "params": total, "trainable_params": trainable, "optimizer_state_bytes":
+                   opt_bytes, "seconds": t, "xla_flops_per_step": flops,
+                   "device": jax.devices()[0].device_kind}
+  for label, r in rows.items():
+    r["seconds_vs_full"] = r["seconds"] / rows["full"]["seconds"]
+    r["optimizer_state_bytes_vs_full"] = (r["optimizer_state_bytes"]
+                                          / rows["full"]["optimizer_state_bytes"])
+    emit(r)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))

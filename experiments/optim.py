@@ -5,6 +5,8 @@ Keys: `optimizer` ∈ {sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw}, 
 warmup_cosine} (cosine: 1608.03983), `warmup_steps`, `grad_clip_norm` (0 disables; 1211.5063).
 
 Knobs nanoGPT's recipe needs (each defaults to the behaviour configs had before it existed):
+  `b1`            Adam/AdamW first-moment decay β₁ (Alg. 1 of 1412.6980), default 0.9 (optax).
+                  GANs use 0.5 (DCGAN, 1511.06434 §4): less momentum in a two-player game.
   `b2`            Adam/AdamW second-moment decay β₂ (Alg. 1 of 1412.6980), default 0.999 (optax).
                   Small models with small batches train better with 0.99: v tracks g² faster.
   `decay_mask`    which parameters AdamW decays: "all" (default) or "matrices" (ndim ≥ 2:
@@ -12,7 +14,7 @@ Knobs nanoGPT's recipe needs (each defaults to the behaviour configs had before 
                   as nanoGPT's `configure_optimizers` and GPT-3 (2005.14165 App. B) do).
   `min_lr_ratio`  floor of the cosine schedules as a fraction of `learning_rate`, default 0:
                   η ends at min_lr_ratio · η_peak (nanoGPT: min_lr = lr / 10, i.e. 0.1).
-`b2` and `decay_mask` are read by adam/adamw only and `min_lr_ratio` by the cosine schedules
+`b1`, `b2` and `decay_mask` are read by adam/adamw only and `min_lr_ratio` by the cosine schedules
 only (like `momentum`, so one config can sweep `optimizer`); their values are always checked.
 
 A task with several trained models gives each its own optimizer and schedule: the sub-dict
@@ -37,7 +39,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine")
 IMPLEMENTATIONS = ("optax", "genfm")
 DECAY_MASKS = ("all", "matrices")
 OPTIMIZER_KEYS = ("optimizer", "optimizer_impl", "learning_rate", "weight_decay", "momentum",
-                  "b2", "decay_mask", "schedule", "warmup_steps", "min_lr_ratio",
+                  "b1", "b2", "decay_mask", "schedule", "warmup_steps", "min_lr_ratio",
                   "grad_clip_norm")
 
 
@@ -75,6 +77,13 @@ def _b2(config) -> float:
   if not 0.0 <= b2 < 1.0:
     raise ConfigError(f"config.b2 (Adam's β₂) must be in [0, 1), got {b2!r}")
   return float(b2)
+
+
+def _b1(config) -> float:
+  b1 = config.get("b1", 0.9)
+  if not 0.0 <= b1 < 1.0:
+    raise ConfigError(f"config.b1 (Adam's β₁) must be in [0, 1), got {b1!r}")
+  return float(b1)
 
 
 def matrices_mask(params):
@@ -125,8 +134,8 @@ def _optax_optimizer(name, schedule, config) -> optax.GradientTransformation:
   if name == "rmsprop":
     return optax.rmsprop(schedule)
   if name == "adam":
-    return optax.adam(schedule, b2=_b2(config))
-  return optax.adamw(schedule, b2=_b2(config), weight_decay=config.get("weight_decay", 1e-4),
+    return optax.adam(schedule, b1=_b1(config), b2=_b2(config))
+  return optax.adamw(schedule, b1=_b1(config), b2=_b2(config), weight_decay=config.get("weight_decay", 1e-4),
                      mask=_decay_mask(config))
 
 
@@ -136,7 +145,7 @@ def _genfm_optimizer(name, schedule, config) -> optax.GradientTransformation:
   if name in ("momentum", "nesterov"):
     kwargs["momentum"] = config.get("momentum", 0.9)
   if name in ("adam", "adamw"):
-    kwargs["b2"] = _b2(config)
+    kwargs["b1"], kwargs["b2"] = _b1(config), _b2(config)
   if name == "adamw":
     kwargs["weight_decay"] = config.get("weight_decay", 1e-4)
     kwargs["mask"] = _decay_mask(config)
@@ -147,7 +156,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
   name, impl = config.get("optimizer", "adamw"), _impl(config)
   if name not in OPTIMIZERS:
     raise unknown_choice("config.optimizer", name, OPTIMIZERS)
-  _b2(config), _decay_mask(config)  # check the values even where this optimizer ignores them
+  _b1(config), _b2(config), _decay_mask(config)  # check the values even where this optimizer ignores them
   schedule = make_schedule(config)
   clip = config.get("grad_clip_norm", 0.0)
   if impl == "genfm":

@@ -95,6 +95,10 @@ def check_prompt(prompt_BT: Array, max_new_tokens: int, *, vocab_size: int, cont
   if total > context_len:
     raise ValueError(f"prompt ({T0}) + max_new_tokens ({max_new_tokens}){extra_text} = {total} "
                      f"exceeds context_len={context_len}")
+  # Token ids are checked when concrete; under jit (sampling inside a training step, e.g. a policy
+  # rollout) they are traced values, and the caller's data pipeline owns their range.
+  if isinstance(prompt_BT, jax.core.Tracer):
+    return B, T0
   if int(jnp.max(prompt_BT)) >= vocab_size or int(jnp.min(prompt_BT)) < 0:
     raise ValueError(f"prompt holds token ids outside 0..{vocab_size - 1}")
   return B, T0

@@ -1,14 +1,17 @@
 """A GAN (1406.2661, non-saturating loss) on 2-D toy sets: generator and discriminator MLPs,
-each with its own AdamW and learning rate, one discriminator step per generator step.
+each with its own AdamW (β₁ 0.5) and learning rate, one discriminator step per generator step,
+both weights averaged (EMA 0.999) for evaluation.
 
 Command:  python -m genfm.experiments.run --config=experiments/configs/toy2d_gan.py:moons --workdir=runs/toy2d_gan_moons
           (variants :moons, :eight_gaussians, :smoke; "" = :moons)
-Hardware: CPU, 2 cores.   Run time: see WORKSPACE.md (10k steps).
-Expect:   energy distance of 2000 generator samples to 2000 held-out points (eval metric
-          `energy_distance`, beside the data floor `energy_floor`) far below the untrained
-          generator's; `:smoke` (moons, 2000 steps, ~15 s CPU) is held by
-          tests/experiments/test_experiments_gan2d.py to energy_distance ≤ 0.05 — see
-          WORKSPACE.md for the measured numbers.
+Hardware: CPU, 2 cores.   Run time: 40 s (10k steps, ~350 steps/s, two evals).
+Measured (energy distance of 2000 EMA-generator samples to 2000 held-out points / data floor):
+          moons 0.0017 / 0.0028, eight_gaussians 0.0063 / 0.0059 (all 8 modes covered); the raw
+          (un-averaged) generator 0.0027 and 0.0146; with a constant LR and no EMA the raw
+          generator oscillates (moons 0.0082 at 5k steps, 0.0215 at 10k).
+Expect:   `energy_ratio` ≤ 2 on both sets. `:smoke` (moons, 2000 steps, 15 s CPU):
+          energy_distance ≤ 0.01 (measured 0.0039, floor 0.0028; the untrained generator
+          0.86), held by tests/experiments/test_experiments_gan2d.py.
 """
 
 import ml_collections
@@ -31,8 +34,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "critic_steps": 1,                        # discriminator updates per generator update
   })
   c.learning_rate = 1e-3
-  c.schedule = "constant"
+  c.b1 = 0.5                                    # Adam β₁ of DCGAN (1511.06434 §4)
+  c.schedule = "cosine"             # constant: the raw generator oscillates (ED 0.0082 at 5k, 0.0215 at 10k)
   c.warmup_steps = 0
+  c.ema_decay = 0.999               # evaluate an EMA of both models' weights (raw ones as raw_*)
   # One optimizer per model (two time-scale update rule, 1706.08500: D faster than G).
   c.optimizers = ml_collections.ConfigDict({
       "generator": {"learning_rate": 5e-4},

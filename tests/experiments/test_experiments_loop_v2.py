@@ -4,8 +4,8 @@ step, metrics under each model's name, init_from by path, older checkpoints stil
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -15,8 +15,10 @@ from genfm.experiments.configs import fashion_mlp, toy2d_gan
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.models import ModelSet, path_str
 from genfm.experiments.tasks import get_task
+from genfm.experiments.tasks.base import Task
 from genfm.foundations import gan
 from genfm.foundations.mlp import MLP
+from genfm.transformers import gpt, sampling
 
 
 def _config(**overrides):
@@ -264,3 +266,55 @@ def test_nonfinite_finds_each_models_loss_and_grad_norm():
   assert train.nonfinite({"generator/loss": 1.0, "discriminator/grad_norm": np.inf}) == \
       "discriminator/grad_norm"
   assert train.nonfinite({"ce": 1.0, "d_loss": np.nan}) == "d_loss"
+
+
+class _PolicyTask(Task):
+  """A policy and its frozen reference (one GPT source, as DPO/PPO will have): each step samples
+  4 tokens from the policy with the KV cache inside the jitted step, then takes a REINFORCE-style
+  step on their log-likelihood, with the reference's log-probs as a metric."""
+
+  def train_source(self):
+    return None
+
+  def build_models(self, rngs):
+    cfg = gpt.GPTConfig(vocab_size=11, context_len=8, num_layers=1, num_heads=2, d_model=16)
+    return {"policy": gpt.GPT(cfg, rngs=rngs), "reference": gpt.GPT(cfg, rngs=rngs)}
+
+  def trainable(self, name):
+    return nnx.Param if name == "policy" else nnx.Nothing
+
+  def train_step(self, ctx, batch, key):
+    tokens_BT, _ = sampling.generate(ctx.model("policy"), batch["prompt"], 4, key=key,
+                                     temperature=1.0, use_cache=True)
+    ctx.log(tokens=tokens_BT)
+
+    def logp(model):
+      logits = model(tokens_BT[:, :-1]).astype(jnp.float32)
+      lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens_BT[:, 1:, None], -1)
+      return jnp.mean(lp[:, -4:])
+
+    ctx.log(reference_logp=logp(ctx.model("reference")))
+    ctx.update("policy", lambda m: (-logp(m), {}))
+
+
+def test_policy_samples_with_the_kv_cache_inside_the_step_beside_a_frozen_reference():
+  c = ml_collections.ConfigDict({"seed": 3, "optimizer": "adam", "learning_rate": 1e-2,
+                                 "schedule": "constant", "num_train_steps": 10})
+  task = _PolicyTask(c)
+  models, state = train.init_state(task, c)
+  assert models.trained == ("policy",) and set(state["opt_state"]) == {"policy"}
+  batch = {"prompt": jnp.array([[1, 2, 3], [4, 5, 6]], jnp.int32)}
+  step = jax.jit(train.make_train_step(task, c, models))
+  init = _np(state)
+  new, m = step(state, batch)
+  key = jax.random.fold_in(jax.random.key(c.seed), 0)
+  policy0 = models.merge("policy", **state["models"]["policy"], train=False)
+  expect, _ = sampling.generate(policy0, batch["prompt"], 4, key=key, temperature=1.0)
+  np.testing.assert_array_equal(m["tokens"], expect)          # the same draw, in or out of jit
+  for _ in range(3):
+    new, m = step(new, batch)
+  after = _np(new)
+  chex.assert_trees_all_equal(after["models"]["reference"], init["models"]["reference"])
+  p0, p1 = (_flat(s["models"]["policy"]["params"]) for s in (init, after))
+  assert max(np.max(np.abs(p1[k] - p0[k])) for k in p0) > 1e-4
+  assert np.isfinite(m["reference_logp"]) and "loss" in m     # one trained model: plain names

@@ -1,7 +1,7 @@
-"""The nanoGPT optimizer knobs of `experiments/optim.py` (`b2`, `decay_mask`, `min_lr_ratio`),
+"""The optimizer knobs of `experiments/optim.py` (`b1`, `b2`, `decay_mask`, `min_lr_ratio`),
 for both `optimizer_impl`s, checked against optax built directly and against hand formulas:
-the matrices mask leaves 1-D parameters undecayed, the cosine floor is reached at the end, β₂
-sets the second moment, defaults change nothing, and bad values give a ConfigError."""
+the matrices mask leaves 1-D parameters undecayed, the cosine floor is reached at the end, β₁
+and β₂ set their moments, defaults change nothing, and bad values give a ConfigError."""
 
 import math
 
@@ -108,30 +108,34 @@ def test_genfm_adamw_mask_accepts_a_pytree_and_nnx_state():
                                rtol=1e-6)
 
 
-# -- b2 ----------------------------------------------------------------------------------------
+# -- b1, b2 ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("optimizer", ("adam", "adamw"))
-def test_b2_sets_the_second_moment(impl, optimizer):
-  """ν_t = β₂ ν_{t−1} + (1 − β₂) g_t² (Alg. 1 of 1412.6980), by hand over 3 steps, with the
-  configured β₂; the default stays optax's 0.999; and the params equal optax's with that β₂."""
+@pytest.mark.parametrize("knob,moment,value,default,power", [
+    ("b1", "mu", 0.5, 0.9, 1),        # μ_t = β₁ μ_{t−1} + (1 − β₁) g_t
+    ("b2", "nu", 0.99, 0.999, 2),     # ν_t = β₂ ν_{t−1} + (1 − β₂) g_t²
+])
+def test_betas_set_their_moment(impl, optimizer, knob, moment, value, default, power):
+  """The moment recursion of Alg. 1 of 1412.6980, by hand over 3 steps, with the configured β;
+  the default stays optax's; and the params equal optax's with that β."""
   params = _params()
-  for b2 in (0.99, None):
+  for b in (value, None):
     cfg = _config(optimizer=optimizer, optimizer_impl=impl)
-    if b2 is not None:
-      cfg.b2 = b2
-    expect_b2 = 0.999 if b2 is None else b2
+    if b is not None:
+      cfg[knob] = b
+    expect = default if b is None else b
     ours, state = _run(optim.make_optimizer(cfg), params, steps=3)
-    nu = [s for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, "nu"))
-          if hasattr(s, "nu")][0].nu
+    got = [s for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, moment))
+           if hasattr(s, moment)][0]
     hand = jax.tree.map(jnp.zeros_like, params)
     for t in range(3):
-      hand = jax.tree.map(lambda v, g: expect_b2 * v + (1 - expect_b2) * g * g, hand,
+      hand = jax.tree.map(lambda m, g: expect * m + (1 - expect) * g ** power, hand,
                           _grads(t, params))
-    chex.assert_trees_all_close(nu, hand, rtol=1e-6)
-    ref = (optax.adam(1e-2, b2=expect_b2) if optimizer == "adam"
-           else optax.adamw(1e-2, b2=expect_b2, weight_decay=0.1))
+    chex.assert_trees_all_close(getattr(got, moment), hand, rtol=1e-6)
+    ref = (optax.adam(1e-2, **{knob: expect}) if optimizer == "adam"
+           else optax.adamw(1e-2, weight_decay=0.1, **{knob: expect}))
     chex.assert_trees_all_close(ours, _run(ref, params, steps=3)[0], rtol=1e-6, atol=1e-7)
 
 
@@ -189,6 +193,7 @@ def test_defaults_are_plain_adamw(impl):
 
 @pytest.mark.parametrize("key,value,match", [
     ("decay_mask", "bias_only", "decay_mask.*valid choices: all, matrices"),
+    ("b1", 1.0, r"b1.*\[0, 1\)"),
     ("b2", 1.0, r"b2.*\[0, 1\)"),
     ("b2", -0.1, r"b2.*\[0, 1\)"),
     ("min_lr_ratio", 1.5, r"min_lr_ratio.*\[0, 1\]"),
