@@ -59,3 +59,22 @@ def test_image_sample_rows_count_two_unet_evals_per_guided_step(monkeypatch):
     assert r["network_evals"] == nfe and r["batch_size"] == 3
     assert abs(r["flops_per_call"] / (nfe * one_eval) - 1) < 0.05, (r, one_eval)
     assert abs(r["samples_per_sec"] * r["seconds"] - 3) < 1e-9
+
+
+def test_partial_train_step_reports_optimizer_bytes_of_the_trainable_part(capsys, monkeypatch):
+  """gpt_partial_train_step: AdamW's state is two fp32 moments (+ a count) of the trainable part
+  only, so its bytes scale exactly with the trainable count; the frozen layers' backward is not
+  computed (fewer XLA FLOPs). Timed with 1 iteration here: the bench's contract, not a speed."""
+  from genfm.experiments import bench_lm  # pylint: disable=g-import-not-at-top
+  real_time_fn = bench.time_fn
+  monkeypatch.setattr(bench, "time_fn", lambda fn, *a, **k: real_time_fn(fn, *a, warmup=1, iters=1))
+  monkeypatch.setattr(bench, "matmul_peak", lambda: {"name": "matmul_peak", "flops_per_sec": 1.0})
+  bench_lm.gpt_partial_train_step(bench.emit)
+  rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()][1:]
+  full, part = rows
+  assert full["trained"] == "full" and part["trained"] == "last_layer_only"
+  assert full["trainable_params"] == full["params"] == part["params"] == 812_288
+  assert part["trainable_params"] == 4 * 128 * 128 + 4 * 128 + 2 * 128 * 512 + 512 + 128 + 4 * 128
+  for r in rows:   # μ and ν in fp32, plus count scalars of a few bytes
+    assert 0 <= r["optimizer_state_bytes"] - 8 * r["trainable_params"] < 64, r
+  assert part["xla_flops_per_step"] < 0.6 * full["xla_flops_per_step"]
