@@ -19,6 +19,9 @@ samples from `ctx.model("policy")` with the KV cache and then updates it.
 Metrics: with one trained model they keep their plain names (loss, grad_norm, learning_rate,
 and the task's own), as before; with several each model's go under its own name,
 `<name>/loss`, `<name>/grad_norm`, ... (a model updated k times in a step reports the mean).
+`learning_rate` is the model's schedule at the loop's step; optax schedules count optimizer
+updates, so a model updated k times per step walks its schedule k times faster (give it a
+constant schedule, as WGAN-GP's Alg. 1 does, or an `optimizers.<name>` schedule sized for it).
 """
 
 from __future__ import annotations

@@ -175,8 +175,9 @@ def restore_eval_model(task, config, workdir: str):
 
 
 def nonfinite(m: dict) -> str | None:
-  """The first loss or gradient norm among the metrics `m` that is NaN or Inf, else None."""
-  for k, v in m.items():
+  """The first loss or gradient norm among the metrics `m` that is NaN or Inf, else None
+  (losses before gradient norms, so the message names the loss when both are)."""
+  for k, v in sorted(m.items(), key=lambda kv: not kv[0].endswith("loss")):
     base = k.rsplit("/", 1)[-1]
     if (base.endswith("loss") or base == "grad_norm") and not np.all(np.isfinite(v)):
       return k
@@ -276,8 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if bad:
         last = ckpt.latest_step()
         raise NonFiniteLossError(
-            f"{bad} became {m[bad]} at step {first + i} (loss {m.get('loss', '—')}); the run "
-            f"stopped. The last good checkpoint (step {last}) is kept in {ckpt.directory}. "
+            f"the training loss became non-finite at step {first + i} ({bad} = {m[bad]}); the "
+            f"run stopped. The last good checkpoint (step {last}) is kept in {ckpt.directory}. "
             "Rerun the same command with a lower --config.learning_rate to resume from it.")
     pending.clear()
     mean = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
