@@ -81,13 +81,14 @@ class Checkpointer:
         else:
           return legacy[1](state, abstract_state), data_state
         raise
-    except Exception as e:  # noqa: BLE001 — any failure to read means the files are damaged
+    except Exception:  # noqa: BLE001 — any failure to read means the files are damaged
       path = os.path.join(self.directory, str(step))
-      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+      older = [s for s in self._manager.all_steps() if s < step]
+      where = (f"Delete {path} to resume from the checkpoint at step {max(older)}"
+               if older else f"Delete {path} to start again from step 0")
       raise CheckpointError(
-          f"the checkpoint at {path} could not be read ({type(e).__name__}: {reason}). It is "
-          f"corrupt, truncated, or from a different model. Delete {path} to resume from an older "
-          "checkpoint, or start again with a fresh --workdir.") from None
+          f"the checkpoint at {path} could not be read: it is corrupt, truncated, or from a "
+          f"different model. {where}, or use a fresh --workdir.") from None
 
   def close(self):
     self._manager.close()

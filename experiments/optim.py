@@ -153,6 +153,10 @@ def _genfm_optimizer(name, schedule, config) -> optax.GradientTransformation:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  lr = config.learning_rate
+  if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+    raise ConfigError(f"config.learning_rate must be a number ≥ 0, got {lr!r} (a negative rate "
+                      "ascends the loss)")
   name, impl = config.get("optimizer", "adamw"), _impl(config)
   if name not in OPTIMIZERS:
     raise unknown_choice("config.optimizer", name, OPTIMIZERS)

@@ -5,8 +5,9 @@
 
 (also installed as the console script `genfm-run`). Rerunning the same command with the same
 workdir resumes from its latest checkpoint. Errors the user can fix (unknown config keys or
-choices, missing data sets, a workdir of another run, a corrupt checkpoint, a NaN loss) print one
-line saying what to do and exit with status 2.
+choices, missing data sets, a workdir of another run or in use by one, a corrupt checkpoint, a
+NaN loss, a storage error such as a full disk) print one line saying what to do and exit with
+status 2.
 """
 
 import logging as py_logging
@@ -15,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from genfm.experiments.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
@@ -40,15 +43,25 @@ def _main(argv):
 
   if FLAGS.distributed:
     jax.distributed.initialize()
-  from genfm.experiments.errors import UserError
   from genfm.experiments.train import train_and_evaluate
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except UserError as e:
-    print(f"genfm: error: {e}", file=sys.stderr)
+  except (UserError, OSError) as e:
+    print(f"genfm: error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+def one_line(e: Exception) -> str:
+  """The message the launcher prints for an error the user can act on."""
+  if not isinstance(e, OSError) or isinstance(e, UserError):
+    return str(e)
+  # The machine, not the code: a full disk, a permission, a lost mount.
+  where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+  return (f"the run stopped on a storage error: {e.strerror or e}{where}. Its checkpoints are "
+          "written whole or not at all, so the last one is intact: fix the cause (free space, "
+          "permissions) and rerun the same command to resume.")
 
 
 def _config_keys(argv) -> list[str]:
@@ -96,8 +109,16 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
+def _show_our_flags_in_help() -> None:
+  """`--help` / `--helpshort` list the key flags of the main module, which for the console
+  script `genfm-run` is the script, not this module: register ours under its name too."""
+  for name in ("config", "workdir", "distributed"):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+
+
 def main():
   """Console-script entry point (`genfm-run`)."""
+  _show_our_flags_in_help()
   app.run(_main, flags_parser=_parse_flags)
 
 

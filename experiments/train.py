@@ -26,24 +26,18 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genfm.experiments import data
 from genfm.experiments.checkpoint import Checkpointer, json_safe
-from genfm.experiments.errors import CheckpointError, ConfigError, NonFiniteLossError
+from genfm.experiments.errors import ConfigError, NonFiniteLossError
 from genfm.experiments.init_from import initial_values
 from genfm.experiments.models import ModelSet, count
 from genfm.experiments.step import make_train_step  # noqa: F401 — part of this module's API
 from genfm.experiments.tasks import get_task
+from genfm.experiments import workdir as workdirs
+from genfm.experiments.workdir import (ADDED_KEYS, RESUMABLE_KEYS,  # noqa: F401 — re-exported
+                                       check_workdir)
 from genfm.experiments.writer import MetricWriter, Progress, format_seconds
 
 REQUIRED_KEYS = ("task", "dataset", "seed", "batch_size", "learning_rate", "num_train_steps",
                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps")
-# Keys a resumed run may change; any other difference means the workdir holds another run.
-RESUMABLE_KEYS = ("num_train_steps", "learning_rate", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps")
-# Keys added to every config after runs were recorded without them, with the value that gives
-# those runs' behaviour: a workdir whose config.json lacks one resumes if the value is this.
-ADDED_KEYS = {"ema_decay": 0.0, "diffusion.clip_x0": 0.0, "init_from": "", "init_from_step": 0,
-              "trainable": ""}
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   missing = [k for k in REQUIRED_KEYS if k not in config]
   if missing:
@@ -51,35 +45,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"{', '.join(REQUIRED_KEYS)}")
   for k in ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
             "checkpoint_every_steps"):
-    if not isinstance(config[k], int) or config[k] <= 0:
+    if not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] <= 0:
       raise ConfigError(f"config.{k} must be a positive integer, got {config[k]!r}")
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
-def check_workdir(config, workdir: str) -> None:
-  """Refuse a workdir that holds a run of a different config; record this config otherwise."""
-  path = os.path.join(workdir, "config.json")
-  now = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      before = json.load(f)
-    b = _flatten(now)
-    a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **_flatten(before)}
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
-    if differ:
-      shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in differ[:6])
-      raise CheckpointError(
-          f"--workdir={workdir} holds a run of a different config ({shown}). Use a new --workdir "
-          f"for this config, or rerun with the original one to resume. Only "
-          f"{', '.join(RESUMABLE_KEYS)} may change on resume.")
-  with open(path, "w") as f:
-    json.dump(now, f, indent=2)
 
 
 class StopOnSignal:
@@ -174,6 +141,24 @@ def restore_eval_model(task, config, workdir: str):
   return models.eval_models(state, ema=True), int(state["step"])
 
 
+SUMMARY_INFO = ("name", "step", "finished", "num_params", "num_trainable_params", "backend",
+                "device_count", "device_kind", "session_seconds")
+
+
+def finished_summary(workdir: str, step: int, total: int) -> dict | None:
+  """The summary.json of a run that already finished at `step` = `total`, else None (a rerun of
+  a finished workdir keeps its results instead of overwriting them)."""
+  path = os.path.join(workdir, "summary.json")
+  if step < total or not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None                         # damaged: evaluate again and rewrite it
+  return summary if summary.get("finished") and summary.get("step") == step else None
+
+
 def nonfinite(m: dict) -> str | None:
   """The first loss or gradient norm among the metrics `m` that is NaN or Inf, else None
   (losses before gradient norms, so the message names the loss when both are)."""
@@ -185,11 +170,28 @@ def nonfinite(m: dict) -> str | None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the summary."""
+  """Train `config` in `workdir` (resuming if it holds a checkpoint); returns the summary.
+
+  Holds the workdir's lock throughout (`workdir.Lock`: one writer per workdir; a stale lock of
+  a killed run is taken over)."""
   t_start = time.time()
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  check_workdir(config, workdir)
+  workdirs.create(workdir)
+  if jax.process_index() != 0:        # one lock per workdir: the chief process holds it
+    return _train_and_evaluate(config, workdir, t_start)
+  with workdirs.Lock(workdir):
+    return _train_and_evaluate(config, workdir, t_start)
+
+
+def _check_batch(config, source) -> None:
+  per_process = config.batch_size // jax.process_count()
+  if len(source) < per_process:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
+                      f"({len(source)} examples); use a batch of at most {len(source)}")
+
+
+def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
+  changed = workdirs.compare_config(config, workdir)     # refuse another run's workdir first
   task = get_task(config)
   mesh = make_mesh()
   if config.batch_size % jax.device_count():
@@ -203,6 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.get("init_from", "") and os.path.abspath(config.init_from) == os.path.abspath(workdir):
     raise ConfigError(f"config.init_from is this run's own --workdir={workdir}; give the "
                       "source run's workdir, and a new --workdir for the fine-tune")
+  _check_batch(config, task.train_source())
+  if is_chief:              # only now, with the task and models built from it: a valid config
+    workdirs.record_config(config, workdir)
   state = jax.device_put(state, replicated)
 
   train_iter = data.make_iterator(task.train_source(), seed=config.seed, shuffle=True,
@@ -213,6 +218,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:         # our own checkpoint wins over init_from: resume exactly
     state, data_state = restored
     train_iter.set_state(data_state)
+    for line in changed:
+      logging.warning("resuming with %s%s", line, " (the LR schedule is recomputed over the "
+                      "new length)" if line.startswith("num_train_steps") else "")
   elif config.get("init_from", ""):
     values, lines = initial_values(config, task, jax.device_get(state["models"]))
     state = jax.device_put(models.initial_state(values), replicated)
@@ -220,6 +228,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("init_from: %s", line)
   start = int(state["step"])
   total = config.num_train_steps
+  finished = finished_summary(workdir, start, total)
+  if finished is not None:
+    ckpt.close()
+    logging.info("%s already finished at step %d; its results are kept: %s", workdir, start,
+                 json.dumps({k: v for k, v in finished.items() if k not in SUMMARY_INFO}))
+    return finished
   logging.info("%s: %s params (%s trainable%s) | %d %s device(s) | %s from step %d to %d | "
                "workdir %s", config.get("name", config.task), f"{n_params:,}",
                f"{n_trainable:,}", "" if len(models.names) == 1 else
@@ -276,16 +290,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       bad = nonfinite(m)
       if bad:
         last = ckpt.latest_step()
+        kept = (f"The last good checkpoint (step {last}) is kept in {ckpt.directory}. Rerun "
+                "the same command with a lower --config.learning_rate to resume from it."
+                if last is not None else "No checkpoint was written before it; rerun with a "
+                "lower --config.learning_rate (the run starts again from step 0).")
         raise NonFiniteLossError(
             f"the training loss became non-finite at step {first + i} ({bad} = {m[bad]}); the "
-            f"run stopped. The last good checkpoint (step {last}) is kept in {ckpt.directory}. "
-            "Rerun the same command with a lower --config.learning_rate to resume from it.")
+            f"run stopped. {kept}")
     pending.clear()
     mean = {f"train_{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
     rate = progress.rate(step)
     if writer:
       writer.write(step, {**mean, "steps_per_sec": rate})
     progress.log(step, rate, {k: v for k, v in mean.items() if not k.endswith("learning_rate")})
+
+  def run_eval(step) -> dict[str, float]:
+    metrics = evaluate(state, step)
+    if writer:
+      writer.write(step, metrics)
+    logging.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
 
   step, eval_metrics = start, {}
   try:
@@ -301,12 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       last = step == total
       if step % config.log_every_steps == 0 or last or stop.signum:
         flush(step)
-      if step % config.eval_every_steps == 0 or last:
-        eval_metrics = evaluate(state, step)
-        if writer:
-          writer.write(step, eval_metrics)
-        logging.info("eval at step %d: %s", step,
-                     ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+      # Save before evaluating: whatever fails in an evaluation costs no finished step.
       if step % config.checkpoint_every_steps == 0 or last or stop.signum:
         flush(step)                      # never checkpoint a state that has gone non-finite
         ckpt.save(step, state, json_safe(train_iter.get_state()))
@@ -314,6 +333,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning("stopped by signal %d at step %d; checkpoint saved. Rerun the same "
                         "command to resume.", stop.signum, step)
         break
+      if step % config.eval_every_steps == 0 or last:
+        eval_metrics = run_eval(step)
+    if start >= total:                   # at the end already, with no summary: evaluate once
+      eval_metrics = run_eval(step)
   finally:
     stop.restore()
     ckpt.close()
@@ -326,8 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
              "session_seconds": round(time.time() - t_start, 1)}
   if is_chief:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    path = os.path.join(workdir, "summary.json")
+    with open(f"{path}.tmp", "w") as f:
       json.dump(summary, f, indent=2)
+    os.replace(f"{path}.tmp", path)       # atomic: a kill never leaves half a summary
     writer.plot_curves(workdir, title=f"{summary['name']} — {workdir}")
     logging.info("done at step %d in %s: %s", step, format_seconds(summary["session_seconds"]),
                  json.dumps({k: v for k, v in eval_metrics.items()}))

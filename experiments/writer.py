@@ -18,11 +18,13 @@ class MetricWriter:
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    # A run killed after its last checkpoint logged steps it will now redo: drop those lines.
+    # A run killed after its last checkpoint logged steps it will now redo: drop those lines,
+    # and a last line the kill cut short (not JSON, or without a newline).
     if os.path.exists(self.path):
-      kept = [l for l in open(self.path) if l.strip() and json.loads(l)["step"] <= resume_step]
-      with open(self.path, "w") as f:
+      kept = [l for l in open(self.path) if _step(l) is not None and _step(l) <= resume_step]
+      with open(f"{self.path}.tmp", "w") as f:
         f.writelines(kept)
+      os.replace(f"{self.path}.tmp", self.path)
     self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -34,7 +36,7 @@ class MetricWriter:
 
   def history(self) -> list[dict]:
     with open(self.path) as f:
-      return [json.loads(l) for l in f if l.strip()]
+      return [json.loads(l) for l in f if _step(l) is not None]
 
   def plot_curves(self, workdir: str, title: str = "") -> str:
     """loss_curves.png: every train_* and eval metric against step, one panel per metric name."""
@@ -60,6 +62,16 @@ class MetricWriter:
 
   def close(self):
     self._tb.close()
+
+
+def _step(line: str) -> int | None:
+  """The step of a complete metrics.jsonl line, None for a cut or damaged one."""
+  if not line.endswith("\n"):
+    return None
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def metric_base(name: str) -> str:

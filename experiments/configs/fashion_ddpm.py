@@ -1,7 +1,8 @@
 """Class-conditional DDPM with classifier-free guidance on Fashion-MNIST (padded to 32×32).
 
-First train the FID classifier (its penultimate features define the Fréchet distance):
-          python -m genfm.experiments.run --config=experiments/configs/fashion_lenet.py --workdir=runs/fashion_lenet
+The FID classifier (its penultimate features define the Fréchet distance) is trained first into
+`fid_classifier_workdir` from `fid_classifier_config` when that workdir holds no finished run
+(or train it yourself: `--config=experiments/configs/fashion_lenet.py --workdir=runs/fashion_lenet`).
 Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_ddpm.py --workdir=runs/fashion_ddpm
           then  python -m genfm.experiments.diffusion_steps --workdir=runs/fashion_ddpm
           (DDIM 10/20/50/100 vs DDPM-1000 table and figure; ODE bits/dim)
@@ -43,8 +44,8 @@ Expect:   eval metric `fd` ≤ 15 at n = 500 (measured 12.54); floor ≈ 2.9.
           minutes of 2026-11-30 went to the kernel and LLM benchmarks; none on 2026-12-01).
 `:smoke` — sklearn digits (8×8, no padding), a tiny U-Net (8/16, 41,961 params), 150 steps,
           n = 140 DDIM-20 samples; 88 s CPU time (7 min wall under load 13, mostly compiles).
-          Needs a digits classifier: `fashion_lenet.py:smoke` into runs/fashion_lenet_smoke (or
-          --config.fid_classifier_workdir). Measured FD 58.7 vs floor 5.6 (n = 140; the untrained
+          Its digits classifier (`fashion_lenet.py:smoke`, 10 s) is trained first into
+          runs/fashion_lenet_smoke if missing: one command. Measured FD 58.7 vs floor 5.6 (n = 140; the untrained
           network scores 128.5);
           tests/experiments/test_fashion_ddpm_smoke.py holds it to fd ≤ 100 and floor < fd.
 """
@@ -89,6 +90,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "grid_cols": 10,
   })
   c.fid_classifier_workdir = "runs/fashion_lenet"   # "" skips the FD
+  c.fid_classifier_config = "fashion_lenet.py"      # trained there first if it holds no run
   c.batch_size, c.eval_batch_size = 32, 250
   c.optimizer, c.learning_rate, c.weight_decay = "adam", 1e-3, 0.0
   c.schedule, c.warmup_steps = "warmup_cosine", 100
@@ -113,6 +115,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.diffusion.sample_steps = 20
     c.eval.num_samples, c.eval.sample_batch_size, c.eval.num_loss_images = 140, 140, 297
     c.fid_classifier_workdir = "runs/fashion_lenet_smoke"
+    c.fid_classifier_config = "fashion_lenet.py:smoke"   # 10 s on a CPU, before step 1
     c.batch_size, c.eval_batch_size, c.learning_rate = 64, 297, 3e-3
     c.warmup_steps = 20
     set_schedule(c, 150, log=50, eval_=150, checkpoint=150)

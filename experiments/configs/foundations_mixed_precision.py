@@ -20,11 +20,13 @@ import ml_collections
 from genfm.experiments.configs import fashion_mlp
 from genfm.experiments.configs.common import check_variant
 
-VARIANTS = ("bf16", "fp32", "bf16_smoke", "fp32_smoke")
+VARIANTS = ("bf16", "fp32", "bf16_smoke", "fp32_smoke", "smoke")
 
 
 def get_config(variant: str = "bf16") -> ml_collections.ConfigDict:
   check_variant("foundations_mixed_precision", variant, VARIANTS)
+  if variant == "smoke":                 # every config has a `:smoke`: the default's
+    variant = "bf16_smoke"
   c = fashion_mlp.get_config("recipe_smoke" if variant.endswith("_smoke") else "recipe")
   precision = variant.removesuffix("_smoke")
   c.name = f"foundations_mixed_precision_{precision}"

@@ -24,11 +24,14 @@ LEARNING_RATES = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.0
 # Digits smoke runs are 300 steps on 1500 images: the adaptive methods get Adam's usual 3e-3.
 SMOKE_LEARNING_RATES = {**LEARNING_RATES, "sgd": 0.2, "rmsprop": 3e-3, "adam": 3e-3,
                         "adamw": 3e-3}
-VARIANTS = tuple(LEARNING_RATES) + tuple(f"{name}_smoke" for name in LEARNING_RATES)
+VARIANTS = (tuple(LEARNING_RATES) + tuple(f"{name}_smoke" for name in LEARNING_RATES)
+            + ("smoke",))
 
 
 def get_config(variant: str = "adam") -> ml_collections.ConfigDict:
   check_variant("foundations_optimizers", variant, VARIANTS)
+  if variant == "smoke":                 # every config has a `:smoke`: the default's
+    variant = "adam_smoke"
   name = variant.removesuffix("_smoke")
   c = base_config(f"foundations_optimizers_{name}", task="classify", dataset="fashion_mnist")
   c.model = ml_collections.ConfigDict({"name": "mlp", "hidden": (256,), "dropout": 0.0,

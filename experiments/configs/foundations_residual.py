@@ -23,11 +23,13 @@ import ml_collections
 
 from genfm.experiments.configs.common import base_config, check_variant, digits_smoke, set_schedule
 
-VARIANTS = ("plain", "residual", "plain_smoke", "residual_smoke")
+VARIANTS = ("plain", "residual", "plain_smoke", "residual_smoke", "smoke")
 
 
 def get_config(variant: str = "residual") -> ml_collections.ConfigDict:
   check_variant("foundations_residual", variant, VARIANTS)
+  if variant == "smoke":                 # every config has a `:smoke`: the default's
+    variant = "residual_smoke"
   kind = variant.removesuffix("_smoke")
   c = base_config(f"foundations_residual_{kind}", task="classify", dataset="fashion_mnist")
   c.model = ml_collections.ConfigDict({"name": "deep_mlp", "width": 128, "depth": 20,

@@ -16,7 +16,7 @@ Expect:   `energy_ratio` ≤ 2 on both sets. `:smoke` (moons, 2000 steps, 15 s C
 
 import ml_collections
 
-from genfm.experiments.configs.common import check_variant
+from genfm.experiments.configs.common import check_variant, set_schedule
 from genfm.experiments.configs.toy2d_ddpm import toy2d_base
 
 DATASETS = ("moons", "eight_gaussians")
@@ -43,12 +43,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "generator": {"learning_rate": 5e-4},
       "discriminator": {"learning_rate": 1e-3},
   })
-  c.num_train_steps = 10_000
-  c.log_every_steps = 1000
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 5000
+  set_schedule(c, 10_000, log=1000, eval_=5000, checkpoint=5000)
   if variant == "smoke":
     c.name = "toy2d_gan_smoke"
-    c.num_train_steps = c.eval_every_steps = c.checkpoint_every_steps = 2000
-    c.log_every_steps = 500
+    set_schedule(c, 2000, log=500, eval_=2000, checkpoint=2000)
   return c

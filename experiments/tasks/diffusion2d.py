@@ -58,10 +58,7 @@ class Diffusion2DTask(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self._train = data.load(config.dataset, "train")
-    if set(self._train.info.features) != {"x"} or self._train.info.features["x"][0] != (2,):
-      raise ConfigError(f"dataset {config.dataset!r} is not a 2-D point set; the diffusion2d "
-                        "task needs one of: moons, eight_gaussians, swiss_roll")
+    self._train = toy2d_eval.train_points(config, "diffusion2d")
     d = config.diffusion
     choice("config.diffusion.kind", d.kind, KINDS)
     if d.kind == "ddpm":

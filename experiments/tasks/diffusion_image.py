@@ -89,6 +89,9 @@ class DiffusionImageTask(Task):
     if not isinstance(n, int) or n < 2:
       raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
     self._sample_fns, self._fid = {}, None
+    if config.get("fid_classifier_workdir", ""):   # before the first step, not at the first eval
+      fid_classifier.ensure(config.fid_classifier_workdir,
+                            config.get("fid_classifier_config", ""), config.dataset)
 
   # --- data and model -------------------------------------------------------------------------
 

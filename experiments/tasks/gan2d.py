@@ -34,10 +34,7 @@ class GAN2DTask(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self._train = data.load(config.dataset, "train")
-    if set(self._train.info.features) != {"x"} or self._train.info.features["x"][0] != (2,):
-      raise ConfigError(f"dataset {config.dataset!r} is not a 2-D point set; the gan2d task "
-                        "needs one of: moons, eight_gaussians, swiss_roll")
+    self._train = toy2d_eval.train_points(config, "gan2d")
     g = config.gan
     choice("config.gan.generator_loss", g.generator_loss, gan.GENERATOR_LOSSES)
     if not isinstance(g.critic_steps, int) or g.critic_steps < 1:

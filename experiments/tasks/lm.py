@@ -234,7 +234,17 @@ class LanguageModelTask(Task):
           f"that is {len(ids) + max_new_tokens} > context_len={ctx}. Shorten the prompt or "
           "lower sample_new_tokens")
     n = self.config.get("num_samples", 2)
-    return np.tile(ids[None], (n, 1)).astype(np.int32)
+    if max_new_tokens > 0:                # checked before the first step, not at the first eval
+      if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"config.num_samples must be a positive integer (samples per eval), "
+                          f"got {n!r}; set sample_new_tokens=0 to write no samples")
+      try:
+        sampling.check_sampling_params(self.config.get("sample_temperature", 0.8),
+                                       self.config.get("sample_top_k", None), None,
+                                       self.tokenizer.vocab_size)
+      except ValueError as e:
+        raise ConfigError(f"config.sample_temperature / sample_top_k: {e}") from None
+    return np.tile(ids[None], (n if max_new_tokens > 0 else 1, 1)).astype(np.int32)
 
   # -- Task contract --------------------------------------------------------------------------
 

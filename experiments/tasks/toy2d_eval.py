@@ -16,6 +16,15 @@ from genfm.experiments import data
 from genfm.experiments.errors import ConfigError
 
 
+def train_points(config, task: str):
+  """The training split of `config.dataset`, checked to be a 2-D point set."""
+  train = data.load(config.dataset, "train")
+  if set(train.info.features) != {"x"} or train.info.features["x"][0] != (2,):
+    raise ConfigError(f"dataset {config.dataset!r} is not a 2-D point set; the {task} task "
+                      "needs one of: moons, eight_gaussians, swiss_roll")
+  return train
+
+
 def check_num_samples(config) -> int:
   n = config.eval.num_samples
   test_size = len(data.load(config.dataset, "test"))

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genfm.experiments import train
-from genfm.experiments.configs import fashion_ddpm, fashion_lenet
+from genfm.experiments.configs import fashion_ddpm
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.diffusion_image import DiffusionImageTask
 
@@ -111,19 +110,21 @@ def test_variants_build():
 
 @pytest.mark.slow   # ~1–2 min CPU: LeNet + U-Net compiles, 150 steps, 140 guided DDIM-20 samples
 def test_smoke_reaches_its_fd_through_the_launcher(tmp_path, launch):
-  clf_dir = str(tmp_path / "clf")
-  summary = train.train_and_evaluate(fashion_lenet.get_config("smoke"), clf_dir)
-  assert summary["test_accuracy"] >= 0.95
-
   missing = launch("fashion_ddpm.py:smoke", str(tmp_path / "no_clf"),
-                   f"--config.fid_classifier_workdir={tmp_path / 'nowhere'}", timeout=600)
+                   f"--config.fid_classifier_workdir={tmp_path / 'nowhere'}",
+                   "--config.fid_classifier_config=", timeout=600)
   assert missing.returncode == 2, missing.stderr[-2000:]
-  assert "fashion_lenet.py" in missing.stderr and "Traceback" not in missing.stderr
+  assert "fashion_lenet.py:smoke" in missing.stderr and "Traceback" not in missing.stderr
+  assert not (tmp_path / "no_clf" / "checkpoints").exists()     # refused before any step
 
-  workdir = tmp_path / "ddpm"
+  # One command: the digits classifier is trained first into its workdir, then the DDPM.
+  clf_dir, workdir = str(tmp_path / "clf"), tmp_path / "ddpm"
   proc = launch("fashion_ddpm.py:smoke", str(workdir),
                 f"--config.fid_classifier_workdir={clf_dir}", timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "training the FID classifier fashion_lenet.py:smoke" in proc.stderr
+  with open(os.path.join(clf_dir, "summary.json")) as f:
+    assert json.load(f)["test_accuracy"] >= 0.95
   with open(workdir / "summary.json") as f:
     s = json.load(f)
   assert s["finished"] and s["step"] == 150
