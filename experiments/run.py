@@ -10,6 +10,7 @@ NaN loss, a storage error such as a full disk) print one line saying what to do 
 status 2.
 """
 
+import ast
 import logging as py_logging
 import os
 import sys
@@ -104,7 +105,15 @@ def _parse_flags(argv):
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     keys = _config_keys(argv)
-    print(f"genfm: error: cannot apply config override(s) {overrides}: {e}. Valid keys: "
+    # ml_collections wraps a KeyError, whose str() is the repr of its message: unwrap, one line.
+    reason = str(e)
+    while len(reason) > 1 and reason[0] == reason[-1] and reason[0] in "'\"":
+      try:
+        reason = str(ast.literal_eval(reason))
+      except (ValueError, SyntaxError):
+        break
+    reason = " ".join(reason.split())
+    print(f"genfm: error: cannot apply config override(s) {overrides}: {reason}. Valid keys: "
           f"{', '.join(keys) if keys else '(see the config file)'}", file=sys.stderr)
     sys.exit(2)
 
