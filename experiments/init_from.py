@@ -73,6 +73,11 @@ def read_source(workdir: str, step: int = 0) -> tuple[int, dict[str, dict], bool
   return step, sources, "ema_params" in raw
 
 
+def _value(var):
+  """A Variable's array (`get_value` on new flax, where `.value` is deprecated)."""
+  return var.get_value() if hasattr(var, "get_value") else var.value
+
+
 def _shape(x) -> str:
   return "[" + ", ".join(map(str, np.shape(x))) + "]"
 
@@ -103,19 +108,19 @@ def load_into(values: dict, task, source: dict[str, dict], where: str) -> tuple[
         if p not in src:
           if part != "rest" and not is_new(path, var):
             raise ConfigError(
-                f"config.init_from: this model's parameter {name}/{p} {_shape(var.value)} is "
+                f"config.init_from: this model's parameter {name}/{p} {_shape(_value(var))} is "
                 f"not in {where} (model {src_name!r}); the source must be the same "
                 "architecture, apart from parameters the task declares new")
           fresh.append(p)
           flat.append((path, var))
           continue
         x = src[p]
-        if np.shape(x) != np.shape(var.value):
+        if np.shape(x) != np.shape(_value(var)):
           raise ConfigError(
               f"config.init_from: {name}/{p} has shape {_shape(x)} in {where} but "
-              f"{_shape(var.value)} in this model; the source must be the same architecture")
+              f"{_shape(_value(var))} in this model; the source must be the same architecture")
         used.add(p)
-        flat.append((path, var.replace(jax.numpy.asarray(x, var.value.dtype))))
+        flat.append((path, var.replace(jax.numpy.asarray(x, _value(var).dtype))))
       out[part] = nnx.from_flat_state(flat)
     unused = sorted(set(src) - used - {p for p in src if _is_rng_path(p)})
     if unused:
