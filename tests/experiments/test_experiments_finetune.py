@@ -86,7 +86,7 @@ def test_finetune_resumes_bitwise_from_its_own_checkpoint(tmp_path, launch, kill
   """SIGKILL mid fine-tune and rerun: the result equals an uninterrupted fine-tune bit for bit,
   and the rerun resumes from its own checkpoint (it does not read the source again)."""
   args = (*MLP_ARGS, f"--config.init_from={source_run}", "--config.trainable=^head/",
-          "--config.num_train_steps=500", "--config.eval_every_steps=500")
+          "--config.num_train_steps=300", "--config.eval_every_steps=300")
   assert launch("fashion_mlp.py:smoke", tmp_path / "ref", *args, timeout=300).returncode == 0
   killed_at, resumed = kill_and_resume("fashion_mlp.py:smoke", tmp_path / "k", *args,
                                        after_step=40)
@@ -94,7 +94,7 @@ def test_finetune_resumes_bitwise_from_its_own_checkpoint(tmp_path, launch, kill
   assert f"resuming from step {killed_at}" in resumed.stderr
   assert "initialised from" not in resumed.stderr
   (sa, a), (sb, b) = checkpoint_state(tmp_path / "ref"), checkpoint_state(tmp_path / "k")
-  assert sa == sb == 500
+  assert sa == sb == 300
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb) > 0
   for x, y in zip(la, lb):
@@ -114,14 +114,14 @@ def test_two_model_task_resumes_bitwise_after_sigkill(tmp_path, launch, kill_and
                                                       checkpoint_state):
   """gan2d (generator + discriminator, two AdamWs): SIGKILL and rerun equals the uninterrupted
   run bit for bit: both models, both optimizer states, the data position."""
-  args = ("--config.num_train_steps=1500", "--config.checkpoint_every_steps=100",
-          "--config.eval_every_steps=1500", "--config.eval.num_samples=200")
+  args = ("--config.num_train_steps=700", "--config.checkpoint_every_steps=50",
+          "--config.eval_every_steps=700", "--config.eval.num_samples=200")
   assert launch("toy2d_gan.py:smoke", tmp_path / "ref", *args, timeout=300).returncode == 0
   killed_at, resumed = kill_and_resume("toy2d_gan.py:smoke", tmp_path / "k", *args,
-                                       after_step=200)
-  assert killed_at < 1500 and resumed.returncode == 0, resumed.stderr[-3000:]
+                                       after_step=100)
+  assert killed_at < 700 and resumed.returncode == 0, resumed.stderr[-3000:]
   (sa, a), (sb, b) = checkpoint_state(tmp_path / "ref"), checkpoint_state(tmp_path / "k")
-  assert sa == sb == 1500
+  assert sa == sb == 700
   assert set(a["opt_state"]) == {"generator", "discriminator"}
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   for x, y in zip(la, lb):
