@@ -71,8 +71,7 @@ def load_classifier(workdir: str) -> tuple[nnx.Module, dict]:
         f"no FID classifier in {workdir!r} (no config.json). Train one first: `{cmd}` (about "
         "7 min on a quiet 2-core CPU; fashion_mlp.py also works), or point "
         "config.fid_classifier_workdir at an existing classifier run.")
-  with open(path) as f:
-    cfg_dict = json.load(f)
+  _, cfg_dict = _read_config(workdir)
   if cfg_dict.get("task") != "classify":
     raise ValueError(f"{workdir!r} holds a {cfg_dict.get('task')!r} run, not an image classifier "
                      f"(task 'classify'); train one with `{cmd}`.")

@@ -45,8 +45,6 @@ from genfm.experiments.tasks.base import Batch, Task
 from genfm.experiments.tasks.diffusion_common import batch_sharding, check_ddpm, choice, sampler_kwargs
 
 KINDS = ("ddpm", "sde")
-DDPM_SAMPLERS = samplers.SAMPLERS                          # ddpm, ddim, dpm_solver_pp
-DDPM_PREDICTIONS = gaussian.PREDICTION_TYPES               # eps, x0, v
 SDE_SAMPLERS = ("euler_maruyama", "pc", "ode")
 SDE_PREDICTIONS = ("eps", "score")
 ODE_METHODS = ("euler", "heun", "rk45")
@@ -175,6 +173,3 @@ class Diffusion2DTask(Task):
     samples_N2 = np.asarray(jax.device_get(self.jitted_sampler(graphdef)(state)))
     return toy2d_eval.evaluate(self.config, samples_N2, workdir, step,
                                self.config.get("name", "diffusion2d"))
-
-
-save_scatter = toy2d_eval.save_scatter    # where earlier code imported it from
