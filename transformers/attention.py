@@ -224,8 +224,14 @@ class MultiHeadAttention(nnx.Module):
       is_causal: bool = True,
       local_window_size: int | tuple[int, int] | None = None,
       key_value_seq_lengths: Array | None = None,
+      segment_ids: Array | None = None,
+      kv_prefix: tuple[Array, Array] | None = None,
       cache: Any = None,
   ):
+    """`mask` (bool, broadcastable to [B, N, T, S]) narrows what `is_causal` allows;
+    `segment_ids` go to kernels that mask by segment themselves (the Pallas flash kernel);
+    `kv_prefix` = (k, v), each [B, P, K, H], are P extra keys/values before the sequence that every
+    query sees (prefix tuning, eq. (5)-(6) of 2101.00190: they stand for P earlier tokens)."""
     if x_BTD.ndim != 3:
       raise ValueError(f"MultiHeadAttention expects x [B, T, D], got shape {x_BTD.shape}")
     B, T, _ = x_BTD.shape
@@ -237,6 +243,24 @@ class MultiHeadAttention(nnx.Module):
     if rope is not None:
       q_BTNH, k_BSKH = rope(q_BTNH, positions_BT), rope(k_BSKH, positions_BT)
     new_cache = None
+    if kv_prefix is not None:
+      if cache is not None or local_window_size is not None or bias is not None:
+        raise ValueError("kv_prefix works without a cache, a window or a bias (ALiBi)")
+      k_pre_BPKH, v_pre_BPKH = kv_prefix
+      P = k_pre_BPKH.shape[1]
+      k_BSKH = jnp.concatenate([k_pre_BPKH.astype(k_BSKH.dtype), k_BSKH], axis=1)
+      v_BSKH = jnp.concatenate([v_pre_BPKH.astype(v_BSKH.dtype), v_BSKH], axis=1)
+      # Query t sees every prefix slot and tokens s <= t: causal over the real tokens only,
+      # so the mask is explicit (is_causal aligns at the top-left corner of [T, P + T]).
+      t_T1, s_1T = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+      tokens_11TT = (s_1T <= t_T1) if is_causal else jnp.ones((T, T), bool)
+      if mask is not None:
+        tokens_11TT = tokens_11TT & mask
+      tokens_11TT = jnp.broadcast_to(tokens_11TT, jnp.broadcast_shapes(
+          jnp.shape(tokens_11TT), (1, 1, T, T)))
+      mask = jnp.concatenate(
+          [jnp.ones(tokens_11TT.shape[:-1] + (P,), bool), tokens_11TT], axis=-1)
+      is_causal = False
     if cache is not None:
       # Causality and the window come from the cache's positions, so the mask is explicit.
       k_BSKH, v_BSKH, cache_mask, new_cache = cache.update(
@@ -246,7 +270,7 @@ class MultiHeadAttention(nnx.Module):
     # Only the options in use are passed, so a kernel that supports a subset of
     # jax.nn.dot_product_attention's keywords (e.g. causal only) plugs in unchanged.
     extra = dict(bias=bias, mask=mask, local_window_size=local_window_size,
-                 key_value_seq_lengths=key_value_seq_lengths)
+                 key_value_seq_lengths=key_value_seq_lengths, segment_ids=segment_ids)
     out_BTNH = self.attention_fn(q_BTNH, k_BSKH, v_BSKH, is_causal=is_causal,
                                  **{name: val for name, val in extra.items() if val is not None})
     out_BTD = self.o_proj(out_BTNH)  # Concat(head_1..head_h) W^O

@@ -195,6 +195,17 @@ class GPT(nnx.Module):
                     nnx.Linear(D, cfg.vocab_size, use_bias=False, kernel_init=init, dtype=dtype,
                                rngs=rngs))
     self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    # Parameter-efficient fine-tuning slots, empty by default: a soft prompt of P trainable
+    # embeddings before the tokens (`prompt_tuning`, 2104.08691) and per-layer key/value prefixes
+    # (`prefix_tuning`, 2101.00190). Both are P virtual tokens at positions 0..P-1; the real
+    # tokens then sit at positions P.., as after a hard prompt of P tokens.
+    self.soft_prompt = nnx.data(None)
+    self.prefix = nnx.data(None)
+
+  @property
+  def num_virtual_tokens(self) -> int:
+    """P: positions taken by a soft prompt or a prefix before the first real token."""
+    return sum(m.length for m in (self.soft_prompt, self.prefix) if m is not None)
 
   def init_cache(self, batch: int, max_len: int | None = None, dtype=None):
     """One preallocated `KVCache` per layer, [B, max_len, K, H] each (default: compute dtype)."""
@@ -207,21 +218,41 @@ class GPT(nnx.Module):
             for _ in range(cfg.num_layers)]
 
   def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
-               caches: list | None = None, return_aux: bool = False):
+               segment_ids_BT: Array | None = None, caches: list | None = None,
+               return_aux: bool = False):
     """Returns logits [B, T, V]; with `caches`, (logits, new_caches); with `return_aux`, the
-    MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux)."""
+    MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux).
+
+    `segment_ids_BT` (int [B, T]) packs several examples in one row: a token attends only to
+    earlier tokens of its own segment (give each example's positions from 0 in `positions_BT`).
+    With a soft prompt or prefix of P virtual tokens, positions count from the first real token
+    and are shifted by P here.
+    """
     cfg = self.cfg
     if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
       raise ValueError(
           f"tokens must be an integer array [B, T], got {tokens_BT.dtype}{tokens_BT.shape}")
     B, T = tokens_BT.shape
-    if T > cfg.context_len:
-      raise ValueError(f"sequence of {T} tokens exceeds context_len={cfg.context_len}")
+    P = self.num_virtual_tokens
+    if T + P > cfg.context_len:
+      raise ValueError(f"sequence of {T} tokens" + (f" after {P} virtual tokens" if P else "")
+                       + f" exceeds context_len={cfg.context_len}")
+    if P and caches is not None:
+      raise ValueError("a soft prompt or prefix is not supported with the KV cache; decode "
+                       "without it (sampling.generate(..., use_cache=False))")
+    if self.soft_prompt is not None and segment_ids_BT is not None:
+      raise ValueError("a soft prompt cannot be packed (segment_ids): each example needs its own "
+                       "copy of the prompt; batch the examples unpacked")
     if positions_BT is None:
       if caches is not None:
         raise ValueError("decoding with caches needs explicit positions_BT")
       positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    positions_BT = positions_BT + P
     x_BTD = self.embed(tokens_BT)
+    if self.soft_prompt is not None:  # [prompt; tokens]: the prompt takes positions 0..P-1
+      x_BTD = jnp.concatenate([self.soft_prompt(B).astype(x_BTD.dtype), x_BTD], axis=1)
+      positions_BT = jnp.concatenate(
+          [jnp.broadcast_to(jnp.arange(P), (B, P)), positions_BT], axis=1)
     if cfg.positions == "learned":
       x_BTD = x_BTD + self.pos_embed(positions_BT)
     elif cfg.positions == "sinusoidal":
@@ -239,14 +270,25 @@ class GPT(nnx.Module):
     if cfg.attention_window is not None:
       attn_kwargs["local_window_size"] = (cfg.attention_window, 0)
 
+    if segment_ids_BT is not None:
+      if cfg.attention_impl == "pallas":  # the flash kernel masks by segment ids itself
+        attn_kwargs["segment_ids"] = segment_ids_BT
+      else:                               # same segment, and causal (is_causal) on top
+        attn_kwargs["mask"] = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
+    kv_prefix = self.prefix(B) if self.prefix is not None else None  # L × (k, v) [B, P, K, H]
+
     aux_sum: dict[str, Array] = {}
     new_caches = []
     for i, layer in enumerate(self.layers):
       cache = None if caches is None else caches[i]
+      if kv_prefix is not None:
+        attn_kwargs["kv_prefix"] = kv_prefix[i]
       x_BTD, aux, new_cache = layer(x_BTD, positions_BT=positions_BT, cache=cache, **attn_kwargs)
       new_caches.append(new_cache)
       for name, val in aux.items():
         aux_sum[name] = aux_sum.get(name, 0.0) + val
+    if self.soft_prompt is not None:
+      x_BTD = x_BTD[:, -T:]  # logits for the real tokens only
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
     # Logits in fp32: the softmax cross-entropy over V classes needs the range.
