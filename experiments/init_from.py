@@ -95,7 +95,11 @@ def load_into(values: dict, task, source: dict[str, dict], where: str) -> tuple[
     if src_name not in source:
       raise ConfigError(f"config.init_from: {where} has no model {src_name!r} (it has "
                         f"{', '.join(source)}) for this run's model {name!r}")
-    src, used, fresh = source[src_name], set(), []
+    try:
+      src = task.convert_source(name, source[src_name])
+    except ValueError as e:
+      raise ConfigError(f"config.init_from: {where}: {e}") from None
+    used, fresh = set(), []
     is_new = nnx.filterlib.to_predicate(task.new_parameters(name))
     out = {}
     for part, state in parts.items():

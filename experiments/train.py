@@ -141,7 +141,8 @@ def restore_eval_model(task, config, workdir: str):
   return models.eval_models(state, ema=True), int(state["step"])
 
 
-SUMMARY_INFO = ("name", "step", "finished", "num_params", "num_trainable_params", "backend",
+SUMMARY_INFO = ("name", "step", "finished", "num_params", "num_trainable_params",
+                "optimizer_state_bytes", "model_bytes", "backend",
                 "device_count", "device_kind", "session_seconds")
 
 
@@ -343,8 +344,13 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
     if writer:
       writer.close()
 
+  nbytes = lambda tree: int(sum(x.nbytes for x in jax.tree.leaves(tree)))
   summary = {"name": config.get("name", config.task), "step": step, "finished": step >= total,
              "num_params": int(n_params), "num_trainable_params": int(n_trainable),
+             # Measured on the state's arrays: what the optimizer keeps (moments of the trainable
+             # part only) and what the models hold (parameters, frozen parts, NF4 storage, ...).
+             "optimizer_state_bytes": nbytes(state["opt_state"]),
+             "model_bytes": nbytes(state["models"]),
              **eval_metrics, "backend": jax.default_backend(),
              "device_count": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
              "session_seconds": round(time.time() - t_start, 1)}

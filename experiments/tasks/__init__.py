@@ -14,6 +14,7 @@ TASKS = {
     "diffusion_image": "genfm.experiments.tasks.diffusion_image:DiffusionImageTask",
     "regression": "genfm.experiments.tasks.regression:RegressionTask",
     "gan2d": "genfm.experiments.tasks.gan2d:GAN2DTask",
+    "sft": "genfm.experiments.tasks.sft:SFTTask",
 }
 
 

@@ -72,6 +72,12 @@ class Task(abc.ABC):
       return name
     return source_models[0] if len(source_models) == 1 else None
 
+  def convert_source(self, name: str, arrays: dict) -> dict:
+    """The `init_from` source's flat arrays ({path: array}) for model `name`, in this model's
+    layout; by default unchanged. A QLoRA task quantizes the source's fp32 kernels here."""
+    del name
+    return arrays
+
   def loss(self, model: nnx.Module, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
     """Training loss (a scalar) and metrics to log; traced under `jit`, model in train mode.
 

@@ -180,6 +180,7 @@ class LanguageModelTask(Task):
       val_tokens = encode(val_text)  # [N_val]
     except ValueError as e:
       raise ConfigError(f"the validation text cannot be encoded: {e}") from None
+    self.val_tokens = val_tokens
     starts = eval_window_starts(len(val_tokens), T, config.get("eval_windows", 200))
     self._eval = _Windows(val_tokens, starts, T)
     # Characters the eval targets cover: a byte-level token holds as many characters as it has
