@@ -89,25 +89,66 @@ def gpt_train_step(emit) -> None:
           "device": jax.devices()[0].device_kind})
 
 
-def gpt_partial_train_step(emit) -> None:
-  import ml_collections  # pylint: disable=g-import-not-at-top
+class GPTTask:
+  """Next-token CE on a fixed batch, as the lm task computes it; `adapt(model, rngs)` applies a
+  fine-tuning method to the freshly built GPT and `trained` is its parameter filter."""
 
+  def __new__(cls, config, model_cfg, adapt=None, trained=None):
+    from genfm.experiments.tasks.base import Task  # pylint: disable=g-import-not-at-top
+
+    class _Task(Task):
+      def train_source(self):
+        return None
+
+      def build_model(self, rngs):
+        model = gpt.GPT(model_cfg, rngs=rngs)
+        if adapt is not None:
+          adapt(model, rngs)
+        return model
+
+      def trainable(self, name):
+        return super().trainable(name) if trained is None else trained
+
+      def loss(self, model, batch, key):
+        del key
+        return gpt.lm_loss(model(batch["tokens"][:, :-1]), batch["tokens"][:, 1:]), {}
+
+    return _Task(config)
+
+
+def launcher_step_row(task, cfg, batch, *, iters: int) -> dict:
+  """The launcher's own step (`ModelSet` + `make_train_step`) for `task`: seconds, XLA FLOPs,
+  parameter counts, optimizer-state and model bytes (measured on the state's arrays)."""
   from genfm.experiments.models import ModelSet  # pylint: disable=g-import-not-at-top
   from genfm.experiments.step import make_train_step  # pylint: disable=g-import-not-at-top
-  from genfm.experiments.tasks.base import Task  # pylint: disable=g-import-not-at-top
 
-  class _GPTTask(Task):          # next-token CE on a fixed batch, as the lm task computes it
-    def train_source(self):
-      return None
+  models = ModelSet(task, cfg)
+  state = models.initial_state()
+  step = jax.jit(make_train_step(task, cfg, models), donate_argnums=0)
+  flops = bench.compiled_flops(step, state, batch)
+  holder = [state]
 
-    def build_model(self, rngs):
-      return gpt.GPT(CPU_CONFIG, rngs=rngs)
+  def run(batch):
+    holder[0], metrics = step(holder[0], batch)
+    return metrics["loss"]
 
-    def loss(self, model, batch, key):
-      del key
-      ce = gpt.lm_loss(model(batch["tokens"][:, :-1]), batch["tokens"][:, 1:])
-      return ce, {}
+  t = bench.time_fn(run, batch, warmup=1 if iters < 10 else 2, iters=iters)
+  trainable, total = models.counts()
+  nbytes = lambda tree: int(sum(x.nbytes for x in jax.tree.leaves(tree)))
+  return {"params": total, "trainable_params": trainable,
+          "optimizer_state_bytes": nbytes(holder[0]["opt_state"]),
+          "model_bytes": nbytes(holder[0]["models"]), "seconds": t, "xla_flops_per_step": flops,
+          "device": jax.devices()[0].device_kind}
 
+
+def optimizer_config(trainable: str = ""):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({"seed": 0, "optimizer": "adamw", "learning_rate": 1e-3,
+                                    "weight_decay": 0.1, "schedule": "constant",
+                                    "num_train_steps": 1000, "trainable": trainable})
+
+
+def gpt_partial_train_step(emit) -> None:
   peak = bench.matmul_peak()
   emit(peak)
   batch = {"tokens": jax.random.randint(jax.random.key(1), (12, CPU_CONFIG.context_len + 1), 0,
@@ -115,27 +156,9 @@ def gpt_partial_train_step(emit) -> None:
   last = f"^layers/{CPU_CONFIG.num_layers - 1}/"
   rows = {}
   for label, pattern in (("full", ""), ("last_layer_only", last)):
-    cfg = ml_collections.ConfigDict({"seed": 0, "optimizer": "adamw", "learning_rate": 1e-3,
-                                     "weight_decay": 0.1, "schedule": "constant",
-                                     "num_train_steps": 1000, "trainable": pattern})
-    task = _GPTTask(cfg)
-    models = ModelSet(task, cfg)
-    state = models.initial_state()
-    step = jax.jit(make_train_step(task, cfg, models), donate_argnums=0)
-    flops = bench.compiled_flops(step, state, batch)
-    holder = [state]
-
-    def run(batch):
-      holder[0], metrics = step(holder[0], batch)
-      return metrics["loss"]
-
-    t = bench.time_fn(run, batch, warmup=2, iters=20)
-    trainable, total = models.counts()
-    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(holder[0]["opt_state"]))
+    cfg = optimizer_config(pattern)
     rows[label] = {"name": "gpt_partial_train_step", "trained": label, "trainable": pattern,
-                   "params": total, "trainable_params": trainable, "optimizer_state_bytes":
-                   opt_bytes, "seconds": t, "xla_flops_per_step": flops,
-                   "device": jax.devices()[0].device_kind}
+                   **launcher_step_row(GPTTask(cfg, CPU_CONFIG), cfg, batch, iters=20)}
   for label, r in rows.items():
     r["seconds_vs_full"] = r["seconds"] / rows["full"]["seconds"]
     r["optimizer_state_bytes_vs_full"] = (r["optimizer_state_bytes"]

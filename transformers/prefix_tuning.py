@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genfm.transformers import prompt_tuning
+
 Array = jax.Array
 
 
@@ -89,21 +91,10 @@ def add_prefix(model, length: int, *, init_tokens: Array | None = None, reparam:
   """Install a prefix of `length` positions in `model` (a `gpt.GPT`), in place, initialised to
   the base model's activations for `init_tokens` (int [length]) or for `length` random ids."""
   cfg = model.cfg
-  if not isinstance(length, int) or not 1 <= length < cfg.context_len:
-    raise ValueError(f"prefix length must be in 1..context_len-1={cfg.context_len - 1}, "
-                     f"got {length!r}")
-  if model.prefix is not None or model.soft_prompt is not None:
-    raise ValueError("the model already has a prefix or soft prompt")
   if cfg.positions == "alibi" or cfg.attention_window or cfg.attention_impl == "pallas":
     raise ValueError("prefix tuning needs plain causal attention (no ALiBi, no window, "
                      "attention_impl 'reference' or 'xla')")
-  if init_tokens is None:
-    if rngs is None:
-      raise ValueError("give init_tokens or rngs (to draw random ids)")
-    init_tokens = jax.random.randint(rngs.params(), (length,), 0, cfg.vocab_size)
-  init_tokens = jnp.asarray(init_tokens, jnp.int32)
-  if init_tokens.shape != (length,):
-    raise ValueError(f"init_tokens must be [{length}], got {list(init_tokens.shape)}")
+  init_tokens = prompt_tuning.virtual_tokens(model, length, init_tokens, rngs, "prefix")
   init = token_activations(model, init_tokens)
   model.prefix = Prefix(init, reparam=reparam, reparam_dim=reparam_dim,
                         reparam_hidden=reparam_hidden, rngs=rngs)

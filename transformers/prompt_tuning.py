@@ -39,25 +39,35 @@ class SoftPrompt(nnx.Module):
     return jnp.broadcast_to(self.embedding[...][None], (batch, P, D))  # [B, P, D]
 
 
+def virtual_tokens(model, length: int, init_tokens: Array | None, rngs: nnx.Rngs | None,
+                   what: str) -> Array:
+  """Checks for a new soft prompt / prefix of `length` on `model` (one of them, at most, and
+  room in the context); returns its init ids: `init_tokens`, or `length` ids drawn uniformly
+  from the vocabulary with `rngs`."""
+  cfg = model.cfg
+  if not isinstance(length, int) or not 1 <= length < cfg.context_len:
+    raise ValueError(f"{what} length must be in 1..context_len-1={cfg.context_len - 1}, "
+                     f"got {length!r}")
+  if model.prefix is not None or model.soft_prompt is not None:
+    raise ValueError("the model already has a prefix or soft prompt (one at a time: both take "
+                     "positions 0..P-1)")
+  if init_tokens is None:
+    if rngs is None:
+      raise ValueError(f"give init_tokens or rngs (to draw the {what}'s init ids)")
+    init_tokens = jax.random.randint(rngs.params(), (length,), 0, cfg.vocab_size)
+  init_tokens = jnp.asarray(init_tokens, jnp.int32)
+  if init_tokens.shape != (length,):
+    raise ValueError(f"init_tokens must be [{length}], got {list(init_tokens.shape)}")
+  return init_tokens
+
+
 def add_soft_prompt(model, length: int, *, init_tokens: Array | None = None,
                     rngs: nnx.Rngs | None = None) -> SoftPrompt:
   """Install a soft prompt of `length` embeddings in `model` (a `gpt.GPT`), in place.
 
   `init_tokens` (int [length]) copies those tokens' embeddings; otherwise `length` ids are drawn
   uniformly from the vocabulary with `rngs` (the paper's sampled-vocabulary init)."""
-  cfg = model.cfg
-  if not isinstance(length, int) or not 1 <= length < cfg.context_len:
-    raise ValueError(f"soft prompt length must be in 1..context_len-1={cfg.context_len - 1}, "
-                     f"got {length!r}")
-  if model.soft_prompt is not None:
-    raise ValueError("the model already has a soft prompt")
-  if init_tokens is None:
-    if rngs is None:
-      raise ValueError("give init_tokens or rngs (to sample vocabulary ids)")
-    init_tokens = jax.random.randint(rngs.params(), (length,), 0, cfg.vocab_size)
-  init_tokens = jnp.asarray(init_tokens, jnp.int32)
-  if init_tokens.shape != (length,):
-    raise ValueError(f"init_tokens must be [{length}], got {list(init_tokens.shape)}")
+  init_tokens = virtual_tokens(model, length, init_tokens, rngs, "soft prompt")
   table_VD = model.embed.embedding[...]
   model.soft_prompt = SoftPrompt(table_VD[init_tokens])
   return model.soft_prompt

@@ -37,11 +37,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.pack = True                     # several examples per 64-token row, segment ids
   c.forget_windows, c.forget_len = 500, 32   # corpus validation windows (forgetting)
   c.peft = ml_collections.ConfigDict({
-      "method": "lora", "targets": "attn/(q|k|v|o)_proj", "rank": 4, "alpha": 16.0,
-      "rslora": False,
-      "block_size": 64, "double_quant": True, "compute_dtype": "bfloat16",       # qlora
+      # LoRA / QLoRA on every projection: attention-only LoRA (the paper's W_q, W_v choice for
+      # GPT-3) learns these tasks far less (WORKSPACE.md, fine-tuning table).
+      "method": "lora", "targets": "attn/(q|k|v|o)_proj|ffn/(up|down)", "rank": 4,
+      "alpha": 16.0, "rslora": False,
+      # QLoRA: NF4 blocks of 64, double quantization; compute in fp32 on CPU (XLA:CPU runs bf16
+      # matmuls slower than fp32), bf16 on a GPU as in the paper.
+      "block_size": 64, "double_quant": True, "compute_dtype": "float32",
       "adapter_size": 16, "adapter_targets": "attn/o_proj|ffn/down",             # adapter
-      "length": 16, "reparam": True, "init_text": "answer the question: ",      # prefix, prompt
+      # prefix / prompt: 16 virtual tokens initialised from this text; prefix MLP 64 → 64
+      "length": 16, "reparam": True, "reparam_dim": 64, "reparam_hidden": 64,
+      "init_text": "answer the question: ",
   })
   c.batch_size = 32
   c.optimizer, c.learning_rate, c.weight_decay = "adamw", 2e-3, 0.0

@@ -78,6 +78,14 @@ class SFTTask(Task):
     self._train = (sft.pack if config.pack else sft.pad_rows)(rows, self.max_len)
     self._eval_examples = {s: instructions.mixture(tasks, s, config.num_eval, seed=config.seed)
                            for s in ("test", "heldout")}
+    longest = max(len(self.lm.encode(ex.prompt)) for v in self._eval_examples.values()
+                  for ex in v)
+    if longest + config.answer_tokens > self.max_len:   # checked now, not at the first eval
+      raise ConfigError(
+          f"the longest evaluation prompt ({longest} tokens) + config.answer_tokens="
+          f"{config.answer_tokens} needs {longest + config.answer_tokens} positions, but "
+          f"{self.max_len} are left (context_len {self.model_config.context_len} minus "
+          f"peft.length={virtual} virtual tokens); lower peft.length or answer_tokens")
     self._test_rows = sft.pad_rows([self._encode(ex) for ex in self._eval_examples["test"]],
                                    self.max_len)
     n, T = config.forget_windows, config.forget_len
@@ -111,7 +119,10 @@ class SFTTask(Task):
       return sft.encode_example(self.lm.encode(ex.prompt), self.lm.encode(ex.response),
                                 self.max_len)
     except ValueError as e:
-      raise ConfigError(f"instruction example {ex.prompt!r}: {e}") from None
+      virtual = self.model_config.context_len - self.max_len
+      room = (f" (context_len {self.model_config.context_len} minus the {virtual} virtual tokens "
+              "of peft.length)" if virtual else "")
+      raise ConfigError(f"instruction example {ex.prompt!r}: {e}{room}") from None
 
   def train_source(self):
     return ArraySource(self._train, info_from_arrays("instructions", "train", self._train))
@@ -139,6 +150,7 @@ class SFTTask(Task):
         adapters.apply_adapters(m, p.adapter_size, p.adapter_targets, rngs=rngs)
       elif self.method == "prefix":
         prefix_tuning.add_prefix(m, p.length, init_tokens=self.init_tokens, reparam=p.reparam,
+                                 reparam_dim=p.reparam_dim, reparam_hidden=p.reparam_hidden,
                                  rngs=rngs)
       elif self.method == "prompt":
         prompt_tuning.add_soft_prompt(m, p.length, init_tokens=self.init_tokens, rngs=rngs)

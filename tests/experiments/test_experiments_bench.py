@@ -78,3 +78,27 @@ def test_partial_train_step_reports_optimizer_bytes_of_the_trainable_part(capsys
   for r in rows:   # μ and ν in fp32, plus count scalars of a few bytes
     assert 0 <= r["optimizer_state_bytes"] - 8 * r["trainable_params"] < 64, r
   assert part["xla_flops_per_step"] < 0.6 * full["xla_flops_per_step"]
+
+
+def test_lora_bench_reports_the_savings_it_claims(capsys, monkeypatch):
+  """genfm-bench lora on a small shape: LoRA / QLoRA train r(d_in + d_out) per W_q, W_v with
+  AdamW moments of those only; QLoRA's model bytes are below LoRA's (NF4 base); the stored base
+  is ≈ 4.127 bits per weight; the merged-forward row is there. 1 timing iteration: a contract."""
+  from genfm.experiments import bench_peft  # pylint: disable=g-import-not-at-top
+  from genfm.transformers import gpt  # pylint: disable=g-import-not-at-top
+  real_time_fn = bench.time_fn
+  monkeypatch.setattr(bench, "time_fn", lambda fn, *a, **k: real_time_fn(fn, *a, warmup=1, iters=1))
+  monkeypatch.setattr(bench, "matmul_peak", lambda: {"name": "matmul_peak", "flops_per_sec": 1.0})
+  small = gpt.GPTConfig(vocab_size=97, context_len=32, num_layers=2, d_model=128, num_heads=4)
+  monkeypatch.setattr(bench_peft, "GPT2_SMALL", small)
+  bench_peft.lora(bench.emit)
+  rows = {r.get("method", r["name"]): r
+          for r in (json.loads(l) for l in capsys.readouterr().out.splitlines())}
+  full, lora, qlora = rows["full"], rows["lora"], rows["qlora"]
+  assert lora["trainable_params"] == qlora["trainable_params"] == 2 * 2 * 8 * (128 + 128)
+  for r in (full, lora, qlora):
+    assert 0 <= r["optimizer_state_bytes"] - 8 * r["trainable_params"] < 64, r
+  assert qlora["model_bytes"] < lora["model_bytes"] < 1.05 * full["model_bytes"]
+  assert abs(rows["nf4_storage"]["bits_per_param_double_quant"] - 4.127) < 1e-3
+  assert rows["nf4_storage"]["bits_per_param_single"] == 4.5
+  assert {"merged_vs_base", "unmerged_vs_base"} <= set(rows["lora_merged_forward"])

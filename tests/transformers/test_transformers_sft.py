@@ -106,3 +106,17 @@ def test_complete_equals_a_per_row_greedy_loop():
   prompt_tuning.add_soft_prompt(model, 20, rngs=nnx.Rngs(0))   # 12 of 32 positions left
   with pytest.raises(ValueError, match=r"\(7 tokens\) \+ 6 new tokens = 13 > the 12 positions"):
     sft.complete(model, prompts, 6)
+
+
+def test_packing_through_the_flash_kernel_equals_the_mask_path():
+  """attention_impl='pallas' hands the segment ids to the flash kernel (interpret mode on CPU);
+  the reference path builds the same-segment mask: equal logits."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  cfg = gpt.GPTConfig(vocab_size=41, context_len=16, num_layers=1, d_model=32, num_heads=2)
+  ref = gpt.GPT(cfg, rngs=nnx.Rngs(0))
+  flash = gpt.GPT(dataclasses.replace(cfg, attention_impl="pallas"), rngs=nnx.Rngs(0))
+  tokens = jnp.arange(32).reshape(2, 16) % 41
+  seg = jnp.array([[1] * 5 + [2] * 7 + [3] * 4, [1] * 16])
+  pos = jnp.array([list(range(5)) + list(range(7)) + list(range(4)), list(range(16))])
+  np.testing.assert_allclose(flash(tokens, positions_BT=pos, segment_ids_BT=seg),
+                             ref(tokens, positions_BT=pos, segment_ids_BT=seg), atol=1e-5)
