@@ -27,6 +27,7 @@ from genfm.experiments.bench_lm import (CPU_CONFIG, GPT2_SMALL, GPTTask, launche
 from genfm.transformers import gpt, lora, nf4, qlora
 
 TARGETS, RANK = "attn/(q|v)_proj", 8
+NF4_MATMUL_CPU, NF4_MATMUL_GPU = (512, 768, 3072), (8192, 768, 3072)   # [M, K] @ [K, N]
 
 
 def _methods(compute_dtype: str):
@@ -43,7 +44,7 @@ def _methods(compute_dtype: str):
   }
 
 
-def lora(emit) -> None:
+def lora_bench(emit) -> None:
   peak = bench.matmul_peak()
   emit(peak)
   on_cpu = jax.default_backend() == "cpu"
@@ -67,7 +68,7 @@ def lora(emit) -> None:
 
   # NF4 dequantize-on-the-fly matmul vs the plain matmul of the same shape
   dt = jnp.float32 if on_cpu else jnp.bfloat16
-  M, K, N = (512, 768, 3072) if on_cpu else (8192, 768, 3072)
+  M, K, N = NF4_MATMUL_CPU if on_cpu else NF4_MATMUL_GPU
   x = jax.random.normal(jax.random.key(0), (M, K), dt)
   w = jax.random.normal(jax.random.key(1), (K, N), jnp.float32) * 0.02
   q = nf4.quantize(w)

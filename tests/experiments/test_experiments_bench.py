@@ -91,7 +91,8 @@ def test_lora_bench_reports_the_savings_it_claims(capsys, monkeypatch):
   monkeypatch.setattr(bench, "matmul_peak", lambda: {"name": "matmul_peak", "flops_per_sec": 1.0})
   small = gpt.GPTConfig(vocab_size=97, context_len=32, num_layers=2, d_model=128, num_heads=4)
   monkeypatch.setattr(bench_peft, "GPT2_SMALL", small)
-  bench_peft.lora(bench.emit)
+  monkeypatch.setattr(bench_peft, "NF4_MATMUL_CPU", (64, 256, 1024))   # 64·256 | 256·1024
+  bench_peft.lora_bench(bench.emit)
   rows = {r.get("method", r["name"]): r
           for r in (json.loads(l) for l in capsys.readouterr().out.splitlines())}
   full, lora, qlora = rows["full"], rows["lora"], rows["qlora"]

@@ -53,13 +53,31 @@ def test_smoke_config_reaches_its_number(tmp_path, launch, shakespeare_corpus):
   assert len(lines) == 1 + 2 * 100 and sum(" ok  " in l for l in lines) >= 30
 
 
+def _ft_args(base_run, method):
+  args = (f"--config.init_from={base_run}", f"--config.peft.method={method}",
+          "--config.peft.compute_dtype=float32", *FT_ARGS)
+  if method == "qlora":   # long enough to be killed mid-run (test below), checkpointed often
+    args += ("--config.num_train_steps=100", "--config.checkpoint_every_steps=20",
+             "--config.eval_every_steps=100")
+  return args
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory, launch, base_run):
+  workdir = tmp_path_factory.mktemp("qlora")
+  proc = launch("instruct_char.py:smoke", workdir, *_ft_args(base_run, "qlora"), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_lora_and_qlora_finetune_a_pretrained_run(tmp_path, launch, base_run, checkpoint_state,
-                                                  method):
-  proc = launch("instruct_char.py:smoke", tmp_path, f"--config.init_from={base_run}",
-                f"--config.peft.method={method}", "--config.peft.compute_dtype=float32",
-                *FT_ARGS, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+                                                  method, request):
+  if method == "qlora":
+    tmp_path = request.getfixturevalue("qlora_run")
+  else:
+    proc = launch("instruct_char.py:smoke", tmp_path, *_ft_args(base_run, method), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
   _, src = checkpoint_state(base_run)
   _, ft = checkpoint_state(tmp_path)
   src = src["models"]["model"]["params"]
@@ -85,6 +103,23 @@ def test_lora_and_qlora_finetune_a_pretrained_run(tmp_path, launch, base_run, ch
     assert s["model_bytes"] < _summary(base_run)["model_bytes"]
   b = trained["layers"]["0"]["attn"]["q_proj"]["lora_b"]["value"]
   assert np.any(b != 0)                                             # B left zero: it trained
+
+
+def test_qlora_finetune_resumes_bitwise_after_sigkill(tmp_path, kill_and_resume, base_run,
+                                                     qlora_run, checkpoint_state):
+  """SIGKILL mid QLoRA fine-tune and rerun: the NF4 storage, LoRA weights, AdamW moments and
+  data position equal the uninterrupted run's bit for bit; the source is not read again."""
+  killed_at, resumed = kill_and_resume("instruct_char.py:smoke", tmp_path,
+                                       *_ft_args(base_run, "qlora"), after_step=40)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resuming from step {killed_at}" in resumed.stderr
+  assert "initialised from" not in resumed.stderr
+  (sa, a), (sb, b) = checkpoint_state(qlora_run), checkpoint_state(tmp_path)
+  assert sa == sb == 100
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) > 0
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_prefix_and_prompt_start_from_the_source_weights(base_run, shakespeare_corpus):
