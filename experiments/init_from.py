@@ -15,7 +15,8 @@ Rules, each broken one ending the run in one line that names the first offending
 Which source model feeds which new one is `Task.init_source` (same name, or the source's only
 model); `Task.convert_source` may first rewrite the source's arrays into the new model's layout
 (a QLoRA task stores the fp32 kernels as NF4; prefix / prompt tuning derive their init from the
-source's weights). This runs only for a fresh run: a run that has checkpoints of its own resumes from them.
+source's weights). This runs only for a fresh run: a run that has checkpoints of its own resumes
+from them.
 """
 
 from __future__ import annotations

@@ -253,13 +253,13 @@ class MultiHeadAttention(nnx.Module):
       # Query t sees every prefix slot and tokens s <= t: causal over the real tokens only,
       # so the mask is explicit (is_causal aligns at the top-left corner of [T, P + T]).
       t_T1, s_1T = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
-      tokens_11TT = (s_1T <= t_T1) if is_causal else jnp.ones((T, T), bool)
-      if mask is not None:
-        tokens_11TT = tokens_11TT & mask
-      tokens_11TT = jnp.broadcast_to(tokens_11TT, jnp.broadcast_shapes(
-          jnp.shape(tokens_11TT), (1, 1, T, T)))
+      tokens_TT = (s_1T <= t_T1) if is_causal else jnp.ones((T, T), bool)
+      if mask is not None:                # e.g. same-segment [B, 1, T, T] of packed rows
+        tokens_TT = tokens_TT & mask
+      tokens_B1TT = jnp.broadcast_to(tokens_TT, jnp.broadcast_shapes(
+          jnp.shape(tokens_TT), (1, 1, T, T)))
       mask = jnp.concatenate(
-          [jnp.ones(tokens_11TT.shape[:-1] + (P,), bool), tokens_11TT], axis=-1)
+          [jnp.ones(tokens_B1TT.shape[:-1] + (P,), bool), tokens_B1TT], axis=-1)
       is_causal = False
     if cache is not None:
       # Causality and the window come from the cache's positions, so the mask is explicit.

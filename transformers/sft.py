@@ -10,8 +10,8 @@ weighs 0. The aggregation is a *token* mean over the batch (`gpt.lm_loss` with t
 response token weighs the same, so long answers weigh more than short ones (per-example means
 are the other common choice; `per_example_losses` gives them).
 
-Packing (T5, Raffel et al. 2019, arXiv:1910.10683 §3.5.3 style; "sequence packing"): several
-examples share one row of `T` tokens; `segment_ids` (1, 2, ... per example, 0 for padding) keep
+Packing (as in T5's input pipeline, Raffel et al. 2019, arXiv:1910.10683): several examples
+share one row of `T` tokens; `segment_ids` (1, 2, ... per example, 0 for padding) keep
 attention inside an example and positions restart at 0 for each, so a packed example's loss
 equals its unpacked loss (tested). Rows are filled greedily, first fit, in order.
 """
