@@ -194,6 +194,9 @@ class _Task:
   def init_source(self, name, names):
     return "model"
 
+  def convert_source(self, name, arrays):
+    return arrays
+
 
 def _values(model, trainable=nnx.Param):
   _, params, frozen, rest = nnx.split(model, nnx.All(nnx.Param, trainable), nnx.Param, ...)
