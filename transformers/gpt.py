@@ -217,17 +217,14 @@ class GPT(nnx.Module):
     return [kv_cache.KVCache.init(batch, max_len, cfg.kv_heads, cfg.head_size, dtype)
             for _ in range(cfg.num_layers)]
 
-  def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
-               segment_ids_BT: Array | None = None, caches: list | None = None,
-               return_aux: bool = False):
-    """Returns logits [B, T, V]; with `caches`, (logits, new_caches); with `return_aux`, the
-    MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux).
+  def hidden_states(self, tokens_BT: Array, *, positions_BT: Array | None = None,
+                    segment_ids_BT: Array | None = None) -> Array:
+    """The final (normed) residual stream [B, T, D] that the LM head reads: what a reward or
+    value head (`transformers/reward_model.py`) reads too. Arguments as in `__call__`."""
+    return self._trunk(tokens_BT, positions_BT, segment_ids_BT, None)[0]
 
-    `segment_ids_BT` (int [B, T]) packs several examples in one row: a token attends only to
-    earlier tokens of its own segment (give each example's positions from 0 in `positions_BT`).
-    With a soft prompt or prefix of P virtual tokens, positions count from the first real token
-    and are shifted by P here.
-    """
+  def _trunk(self, tokens_BT, positions_BT, segment_ids_BT, caches):
+    """(hidden [B, T, D] after the final norm, new caches, summed MoE losses)."""
     cfg = self.cfg
     if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
       raise ValueError(
@@ -291,6 +288,21 @@ class GPT(nnx.Module):
       x_BTD = x_BTD[:, -T:]  # logits for the real tokens only
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
+    return x_BTD, new_caches, aux_sum
+
+  def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
+               segment_ids_BT: Array | None = None, caches: list | None = None,
+               return_aux: bool = False):
+    """Returns logits [B, T, V]; with `caches`, (logits, new_caches); with `return_aux`, the
+    MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux).
+
+    `segment_ids_BT` (int [B, T]) packs several examples in one row: a token attends only to
+    earlier tokens of its own segment (give each example's positions from 0 in `positions_BT`).
+    With a soft prompt or prefix of P virtual tokens, positions count from the first real token
+    and are shifted by P here.
+    """
+    cfg = self.cfg
+    x_BTD, new_caches, aux_sum = self._trunk(tokens_BT, positions_BT, segment_ids_BT, caches)
     # Logits in fp32: the softmax cross-entropy over V classes needs the range.
     if self.lm_head is None:
       logits_BTV = self.embed.attend(x_BTD).astype(jnp.float32)
