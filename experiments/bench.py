@@ -100,6 +100,7 @@ BENCHES = {
     "gpt_partial_train_step": "genfm.experiments.bench_lm:gpt_partial_train_step",
     "gpt_decode": "genfm.experiments.bench_lm:gpt_decode",
     "lora": "genfm.experiments.bench_peft:lora_bench",
+    "rl": "genfm.experiments.bench_rl:rl_bench",
     "ddpm_train_step": "genfm.experiments.bench_diffusion:ddpm_train_step",
     "diffusion_sample": "genfm.experiments.bench_diffusion:diffusion_sample",
 }

@@ -16,7 +16,8 @@ Which source model feeds which new one is `Task.init_source` (same name, or the 
 model); `Task.convert_source` may first rewrite the source's arrays into the new model's layout
 (a QLoRA task stores the fp32 kernels as NF4; prefix / prompt tuning derive their init from the
 source's weights). This runs only for a fresh run: a run that has checkpoints of its own resumes
-from them.
+from them. `config.init_from_models.<name> = DIR` feeds one model from another run (PPO's
+frozen reward model from a reward-model run, beside a policy and reference from the SFT run).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 def read_source(workdir: str, step: int = 0) -> tuple[int, dict[str, dict], bool]:
   """(step, {model name: {path: array}}, used_ema) of the run in `workdir`, read-only."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")  # Orbax needs absolute paths
   steps = _steps(ckpt_dir)
   if not steps:
     raise ConfigError(f"config.init_from={workdir!r} holds no checkpoint (no "
@@ -127,7 +128,9 @@ def load_into(values: dict, task, source: dict[str, dict], where: str) -> tuple[
               f"config.init_from: {name}/{p} has shape {_shape(x)} in {where} but "
               f"{_shape(_value(var))} in this model; the source must be the same architecture")
         used.add(p)
-        flat.append((path, var.replace(jax.numpy.asarray(x, _value(var).dtype))))
+        # A copy: two models fed by one source array (policy and reference) must not share a
+        # buffer, which the jitted step donates.
+        flat.append((path, var.replace(jax.numpy.array(x, _value(var).dtype, copy=True))))
       out[part] = nnx.from_flat_state(flat)
     unused = sorted(set(src) - used - {p for p in src if _is_rng_path(p)})
     if unused:
@@ -148,11 +151,24 @@ def _is_rng_path(p: str) -> bool:
 
 
 def initial_values(config, task, values: dict) -> tuple[dict, list[str]]:
-  """`values` initialised from `config.init_from` (unchanged when it is empty)."""
+  """`values` initialised from `config.init_from`, and model by model from
+  `config.init_from_models.<name>` (another run for that model, e.g. a trained reward model
+  beside a policy from an SFT run); unchanged when both are empty."""
+  per_model = {n: d for n, d in dict(config.get("init_from_models", None) or {}).items() if d}
+  unknown = sorted(set(per_model) - set(values))
+  if unknown:
+    raise ConfigError(f"config.init_from_models names {unknown}, which this task does not build; "
+                      f"its models: {', '.join(values)}")
   src_dir = config.get("init_from", "")
-  if not src_dir:
-    return values, []
-  step, source, used_ema = read_source(src_dir, config.get("init_from_step", 0))
-  where = f"{src_dir} step {step}"
-  new, lines = load_into(values, task, source, where)
-  return new, [f"initialised from {where}{' (its EMA weights)' if used_ema else ''}"] + lines
+  out, lines = dict(values), []
+  jobs = [(src_dir, config.get("init_from_step", 0), [n for n in values if n not in per_model])]
+  jobs += [(d, 0, [n]) for n, d in per_model.items()]
+  for where_dir, step, names in jobs:
+    if not where_dir or not names:
+      continue
+    step, source, used_ema = read_source(where_dir, step)
+    where = f"{where_dir} step {step}"
+    new, more = load_into({n: values[n] for n in names}, task, source, where)
+    out.update(new)
+    lines += [f"initialised from {where}{' (its EMA weights)' if used_ema else ''}"] + more
+  return out, lines

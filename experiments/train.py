@@ -222,7 +222,8 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
     for line in changed:
       logging.warning("resuming with %s%s", line, " (the LR schedule is recomputed over the "
                       "new length)" if line.startswith("num_train_steps") else "")
-  elif config.get("init_from", ""):
+  elif config.get("init_from", "") or any(dict(config.get("init_from_models", None) or {})
+                                          .values()):
     values, lines = initial_values(config, task, jax.device_get(state["models"]))
     state = jax.device_put(models.initial_state(values), replicated)
     for line in lines:

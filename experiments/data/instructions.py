@@ -184,6 +184,22 @@ def reward(example: Example, generated: str, *, require_end: bool = True) -> flo
   return float(is_correct(example, generated, require_end=require_end))
 
 
+# A second, stylistic preference for preference learning (experiments/tasks/preference.py): the
+# preferred response puts a full stop right before END ("357.\n"); a rule any reader can check,
+# which no instruction-tuned model follows by itself.
+STYLE = "."
+
+
+def follows_style(generated: str) -> bool:
+  """The style rule on a continuation: it has END and its answer ends with STYLE."""
+  return END in generated and answer_of(generated).endswith(STYLE)
+
+
+def correct_modulo_style(example: Example, generated: str) -> bool:
+  """`is_correct`, with one trailing STYLE allowed."""
+  return END in generated and answer_of(generated).removesuffix(STYLE) == example.answer
+
+
 def words(split: str) -> tuple[str, ...]:
   """The corpus words of `split`'s items ("test" and "heldout" share theirs), by frequency."""
   _check_split_n(split, 1)

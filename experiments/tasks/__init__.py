@@ -15,6 +15,8 @@ TASKS = {
     "regression": "genfm.experiments.tasks.regression:RegressionTask",
     "gan2d": "genfm.experiments.tasks.gan2d:GAN2DTask",
     "sft": "genfm.experiments.tasks.sft:SFTTask",
+    "rl": "genfm.experiments.tasks.rl:RLTask",
+    "preference": "genfm.experiments.tasks.preference:PreferenceTask",
 }
 
 

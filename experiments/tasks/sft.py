@@ -226,8 +226,9 @@ class SFTTask(Task):
 
   def after_eval(self, model, workdir: str, step: int) -> dict[str, float]:
     metrics, lines = {}, []
+    self.last_answers = {}
     for split in ("test", "heldout"):
-      got = self.answers(model, split)
+      got = self.last_answers[split] = self.answers(model, split)
       ok = [instructions.is_correct(ex, text) for ex, text in got]
       metrics[f"{split}_exact_match"] = float(np.mean(ok))
       for t in self.config.instruction_tasks:

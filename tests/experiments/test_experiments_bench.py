@@ -103,3 +103,25 @@ def test_lora_bench_reports_the_savings_it_claims(capsys, monkeypatch):
   assert abs(rows["nf4_storage"]["bits_per_param_double_quant"] - 4.127) < 1e-3
   assert rows["nf4_storage"]["bits_per_param_single"] == 4.5
   assert {"merged_vs_base", "unmerged_vs_base"} <= set(rows["lora_merged_forward"])
+
+
+def test_rl_bench_rows_add_up(capsys, monkeypatch):
+  """genfm-bench rl on a tiny model: one rollout row per group size with tokens/s = rows · new
+  tokens / seconds, and a GRPO step whose parts' shares sum to 1. 1 timing iteration: a contract."""
+  from genfm.experiments import bench_rl  # pylint: disable=g-import-not-at-top
+  from genfm.transformers import gpt  # pylint: disable=g-import-not-at-top
+  real_time_fn = bench.time_fn
+  monkeypatch.setattr(bench, "time_fn", lambda fn, *a, **k: real_time_fn(fn, *a, warmup=1, iters=1))
+  monkeypatch.setattr(bench_rl, "MODEL", gpt.GPTConfig(vocab_size=31, context_len=24,
+                                                       num_layers=1, d_model=32, num_heads=2))
+  monkeypatch.setattr(bench_rl, "PROMPT_LEN", 8)
+  monkeypatch.setattr(bench_rl, "GROUPS", (2,))
+  bench_rl.rl_bench(bench.emit)
+  rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  rollouts = [r for r in rows if r["name"] == "rl_rollout"]
+  assert [r["group_size"] for r in rollouts] == [2]
+  for r in rollouts:
+    assert r["rows"] == 8 * r["group_size"]
+    assert abs(r["tokens_per_sec"] * r["cached_seconds"] - r["rows"] * 12) < 1e-6 * r["rows"]
+  step = next(r for r in rows if r["name"] == "rl_step")
+  assert abs(step["rollout_share"] + step["logprob_share"] + step["update_share"] - 1) < 1e-9
