@@ -3,11 +3,12 @@ DPO (arXiv:2305.18290) at our scale.
 
 Each run's evaluations give points (kl_to_reference, reward): the x axis is Σ_t log π/π_ref over
 sampled test responses (nats per response), the y axis one of the runs' eval metrics, by
-default `style_rate` (the share of greedy test answers that follow the style rule, the win rate
-by the rule against the SFT model). A run's points are joined in step order.
+default `exact_match` (greedy test exact match: the verifiable reward; `test_exact_match` in RL
+runs), or `style_rate` (the share of greedy test answers that follow the style rule, the win
+rate by the rule against the SFT model). A run's points are joined in step order.
 
   python -m genfm.experiments.align_figure --out=runs/reward_vs_kl.png \\
-      --runs=runs/pref_dpo,runs/pref_ipo,runs/rl_ppo [--metric=style_rate]
+      --runs=runs/pref_dpo,runs/pref_ipo,runs/rl_ppo,runs/rl_grpo [--metric=style_rate]
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ def points(workdir: str, metric: str) -> list[tuple[int, float, float]]:
     for line in f:
       m = json.loads(line)
       kl = next((v for k, v in m.items() if k.endswith("kl_to_reference")), None)
-      y = next((v for k, v in m.items() if k == metric or k.endswith("_" + metric)), None)
+      y = m.get(metric, m.get("test_" + metric))       # RL runs name it test_exact_match
       if kl is not None and y is not None:
         out.append((m.get("step", 0), kl, y))
   return out
 
 
-def plot(runs: list[str], out: str, metric: str) -> str:
+def plot(runs: list[str], out: str, metric: str = "exact_match") -> str:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--runs", required=True, help="run workdirs, comma-separated")
   ap.add_argument("--out", default="reward_vs_kl.png", help="PNG to write")
-  ap.add_argument("--metric", default="style_rate", help="the eval metric on the y axis")
+  ap.add_argument("--metric", default="exact_match", help="the eval metric on the y axis")
   args = ap.parse_args(argv)
   print(plot(args.runs.split(","), args.out, args.metric))
 

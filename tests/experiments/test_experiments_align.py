@@ -166,8 +166,8 @@ def test_a_reward_model_from_a_run_without_a_head_is_one_line(tmp_path, launch, 
 
 
 def test_reward_vs_kl_figure_reads_each_eval(tmp_path):
-  """align_figure: one point per evaluation that has both numbers, with the split prefix of the
-  metric names ignored; a run without them is one clear error."""
+  """align_figure: one point per evaluation that has both numbers (an RL run's `test_` prefix
+  accepted); a run without them is one clear error."""
   from genfm.experiments import align_figure  # pylint: disable=g-import-not-at-top
   run = tmp_path / "run"
   run.mkdir()

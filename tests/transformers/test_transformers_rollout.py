@@ -39,7 +39,8 @@ def test_ragged_greedy_rollout_equals_recomputing_each_prompt(model):
   ref = np.stack(sft.complete(model, PROMPTS, N))
   np.testing.assert_array_equal(np.asarray(r.response_BN), ref)
   assert len({tuple(row) for row in ref}) == len(PROMPTS)       # the rows really differ
-  for i, p in enumerate(PROMPTS):                               # alone, no padding at all
+  for i in (1, 2):                        # the longest and the shortest alone, no padding
+    p = PROMPTS[i]
     alone = _roll(model, jnp.asarray(p)[None], jnp.asarray([len(p)]), N, None, temperature=0.0)
     np.testing.assert_array_equal(np.asarray(alone.response_BN)[0], ref[i])
   # The layout: prompt, then the response from each row's own length on.
