@@ -19,25 +19,11 @@ import optax
 from flax import nnx
 
 from genfm.experiments import bench
-from genfm.transformers import gpt, policy_gradient as pg, rollout
+from genfm.transformers import gpt, policy_gradient as pg, rollout, sft
 
 MODEL = gpt.GPTConfig(vocab_size=84, context_len=64, num_layers=4, num_heads=4, d_model=128)
 PROMPT_LEN, NEW, PROMPTS = 32, 12, 8
 GROUPS = (4, 8, 16)
-
-
-def _recompute(model, prompts_BP, lengths_B, num_new):
-  """The no-cache reference: num_new causal forwards over the whole [B, P + N] buffer."""
-  B, P = prompts_BP.shape
-  buf = jnp.zeros((B, P + num_new), jnp.int32).at[:, :P].set(prompts_BP)
-
-  def step(i, buf):
-    logits = model(buf)
-    at = lengths_B + i
-    tok = jnp.argmax(jnp.take_along_axis(logits, (at - 1)[:, None, None], axis=1)[:, 0], -1)
-    return buf.at[jnp.arange(B), at].set(tok.astype(jnp.int32))
-
-  return jax.lax.fori_loop(0, num_new, step, buf)
 
 
 def rl_bench(emit) -> None:
@@ -45,7 +31,9 @@ def rl_bench(emit) -> None:
   graphdef, state = nnx.split(model)
   cached = jax.jit(lambda s, p, l, k: rollout.sample_responses(
       nnx.merge(graphdef, s), p, l, NEW, k, temperature=0.0).tokens_BS)
-  recompute = jax.jit(lambda s, p, l: _recompute(nnx.merge(graphdef, s), p, l, NEW))
+  # The no-cache reference: SFT's greedy decoder, a causal forward over the whole buffer per token.
+  recompute = lambda s, p, l: sft._greedy(  # pylint: disable=protected-access
+      (graphdef, s), jnp.pad(p, ((0, 0), (0, NEW))), l, NEW)
   for G in GROUPS:
     B = PROMPTS * G
     prompts = jax.random.randint(jax.random.key(G), (B, PROMPT_LEN), 0, MODEL.vocab_size)

@@ -163,9 +163,8 @@ class RLTask(SFTTask):
 
   # -- one step --------------------------------------------------------------------------------
 
-  def _reward(self, ctx, roll, answer_BA, answer_len_B):
-    if self.config.rl.reward == "exact":
-      return exact_match(roll.response_BN, answer_BA, answer_len_B)
+  def _reward(self, ctx, roll):
+    """The frozen reward model's score at each response's last token (END when it ended)."""
     last_B = roll.lengths_B + jnp.maximum(roll.response_lengths_B.astype(jnp.int32), 1) - 1
     return reward_model.sequence_scores(ctx.model("reward"), roll.tokens_BS, last_B)
 
@@ -179,8 +178,8 @@ class RLTask(SFTTask):
     policy = ctx.model("policy")
     roll = rollout.sample_responses(policy, prompt, plen, N, key, temperature=r.temperature,
                                     end_id=self.end_id)
-    score_B = self._reward(ctx, roll, answer, alen)
     correct_B = exact_match(roll.response_BN, answer, alen)
+    score_B = correct_B if r.reward == "exact" else self._reward(ctx, roll)
     length_B = roll.response_lengths_B
     stats = {"reward": jnp.mean(score_B), "accuracy": jnp.mean(correct_B),
              "response_length": jnp.mean(length_B),
