@@ -103,6 +103,9 @@ BENCHES = {
     "rl": "genfm.experiments.bench_rl:rl_bench",
     "ddpm_train_step": "genfm.experiments.bench_diffusion:ddpm_train_step",
     "diffusion_sample": "genfm.experiments.bench_diffusion:diffusion_sample",
+    "lstm_vs_gpt": "genfm.experiments.bench_rnn:lstm_vs_gpt",
+    "gan_step": "genfm.experiments.bench_gan:gan_step",
+    "cnf_nfe": "genfm.experiments.bench_cnf:cnf_nfe",
 }
 
 

@@ -17,6 +17,11 @@ TASKS = {
     "sft": "genfm.experiments.tasks.sft:SFTTask",
     "rl": "genfm.experiments.tasks.rl:RLTask",
     "preference": "genfm.experiments.tasks.preference:PreferenceTask",
+    "vae": "genfm.experiments.tasks.vae:VAETask",
+    "gan_image": "genfm.experiments.tasks.gan_image:GANImageTask",
+    "lm_rnn": "genfm.experiments.tasks.lm_rnn:RNNLanguageModelTask",
+    "seq2seq_rnn": "genfm.experiments.tasks.seq2seq_rnn:RNNSeq2SeqTask",
+    "cnf2d": "genfm.experiments.tasks.cnf2d:CNF2DTask",
 }
 
 

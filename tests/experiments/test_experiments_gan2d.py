@@ -3,11 +3,15 @@ bad GAN settings are one line."""
 
 import json
 
+import numpy as np
 import pytest
 
+from genfm.experiments import data
 from genfm.experiments.configs import toy2d_gan
+from genfm.experiments.data import toy2d
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import get_task
+from genfm.experiments.tasks.gan2d import mode_coverage
 
 
 def test_smoke_config_reaches_its_energy_distance(tmp_path, launch):
@@ -33,3 +37,30 @@ def test_bad_gan_settings_are_one_line(key, value, needle):
   c.gan[key] = value
   with pytest.raises(ConfigError, match=needle):
     get_task(c)
+
+
+def test_mode_coverage_counts_modes_and_high_quality_samples():
+  """Hand-built samples on the 25-grid (σ = 0.05, 3σ = 0.15): 30 samples at each of the first
+  3 centres, 10 at the 4th (< min_count 20), 7 far from every centre, one NaN."""
+  centres, std = toy2d.mixture_modes("grid25")
+  offset = np.array([0.1, 0.1])                       # ‖·‖ = 0.141 < 3σ: still high quality
+  x = np.concatenate([np.repeat(centres[:3] + offset, 30, axis=0),
+                      np.repeat(centres[3:4], 10, axis=0),
+                      np.full((7, 2), 1.0),             # between modes: 1.41 from the nearest
+                      np.array([[np.nan, 0.0]])])
+  m = mode_coverage(x, centres, std, min_count=20)
+  assert m == {"modes_covered": 3.0, "high_quality_share": 100 / 108}
+  assert mode_coverage(x, centres, std, min_count=10)["modes_covered"] == 4.0
+  # Held-out data covers every mode with ~99% high quality (P(r ≤ 3σ) = 1 − e^{−4.5} in 2-D).
+  for name, k in (("grid25", 25), ("eight_gaussians", 8)):
+    test = data.load(name, "test").arrays["x"][:2000]
+    m = mode_coverage(test, *toy2d.mixture_modes(name), min_count=20)
+    assert m["modes_covered"] == k and 0.98 < m["high_quality_share"] < 1.0, (name, m)
+
+
+def test_wgan_gp_variants_follow_algorithm_1():
+  for name in ("grid25_wgan_gp", "eight_gaussians_wgan_gp"):
+    c = toy2d_gan.get_config(name)
+    assert (c.gan.generator_loss, c.gan.critic_steps, c.b2) == ("wgan_gp", 5, 0.9)
+    assert c.schedule == "constant" and c.dataset == name.removesuffix("_wgan_gp")
+    get_task(c)                                       # accepted by the task
