@@ -15,7 +15,8 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from genfm.experiments import train
+from genfm.diffusion import fashion_fid
+from genfm.experiments import data, train
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import get_task
 
@@ -83,3 +84,20 @@ def load_classifier(workdir: str) -> tuple[nnx.Module, dict]:
                             f"the run with `{cmd}`.")
   model, _ = restored
   return model, cfg_dict
+
+
+def frechet_evaluator(workdir: str, dataset: str, num_samples: int,
+                      seed: int) -> fashion_fid.FrechetEvaluator:
+  """The FD evaluator of a run that generates `dataset` images: the classifier trained in
+  `workdir` as the feature map, `num_samples` test images of `dataset` as the reference set (and
+  the real-vs-real floor at that n). A missing or mismatched classifier is one ConfigError line."""
+  try:
+    classifier, clf_cfg = load_classifier(workdir)
+  except (FileNotFoundError, ValueError) as e:     # one line from the launcher, exit 2
+    raise ConfigError(f"config.fid_classifier_workdir: {e}") from None
+  if clf_cfg.get("dataset") != dataset:
+    raise ConfigError(f"the FID classifier in {workdir} was trained on "
+                      f"{clf_cfg.get('dataset')!r}, this run generates {dataset!r}")
+  test = data.load(dataset, "test").arrays["image"]
+  return fashion_fid.FrechetEvaluator(fashion_fid.make_feature_fn(classifier), test, num_samples,
+                                      seed)

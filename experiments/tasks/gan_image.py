@@ -177,17 +177,9 @@ class GANImageTask(Task):
     if not workdir:
       return None
     if self._fid is None:
-      try:
-        classifier, clf_cfg = fid_classifier.load_classifier(workdir)
-      except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"config.fid_classifier_workdir: {e}") from None
-      if clf_cfg.get("dataset") != self.config.dataset:
-        raise ConfigError(f"the FID classifier in {workdir} was trained on "
-                          f"{clf_cfg.get('dataset')!r}, this run generates {self.config.dataset!r}")
-      test = data.load(self.config.dataset, "test").arrays["image"]
-      self._fid = fashion_fid.FrechetEvaluator(fashion_fid.make_feature_fn(classifier), test,
-                                               self.config.eval.num_samples,
-                                               self.config.eval.sample_seed)
+      self._fid = fid_classifier.frechet_evaluator(workdir, self.config.dataset,
+                                                   self.config.eval.num_samples,
+                                                   self.config.eval.sample_seed)
     return self._fid
 
   def after_eval(self, models, workdir: str, step: int) -> dict[str, float]:
