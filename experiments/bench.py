@@ -106,6 +106,8 @@ BENCHES = {
     "lstm_vs_gpt": "genfm.experiments.bench_rnn:lstm_vs_gpt",
     "gan_step": "genfm.experiments.bench_gan:gan_step",
     "cnf_nfe": "genfm.experiments.bench_cnf:cnf_nfe",
+    "vit_vs_resnet": "genfm.experiments.bench_vision:vit_vs_resnet",
+    "clip_step": "genfm.experiments.bench_vision:clip_step",
 }
 
 

@@ -3,6 +3,12 @@ choice: positions (learned / sinusoidal / RoPE / ALiBi / none), norm (LayerNorm 
 its placement (pre / post), FFN (GELU MLP / SwiGLU), attention (MHA / GQA / MQA, sliding
 window) and dense vs Mixture-of-Experts FFNs.
 
+Vision–language slots (empty unless used; without them the model is bit-identical): per-example
+`prefix_embeds_BPD` before the tokens (LLaVA's projected image tokens, 2304.08485 §4.1),
+`bidirectional_len_B` for the prefix-LM mask (image + prompt attended fully, the rest causal, as
+PaliGemma 2407.07726), and the `cross_attn` slot that `flamingo.py` fills with tanh-gated
+cross-attention blocks reading `media_BMD` (2204.14198 §2.2).
+
 FLOPs per token follow PaLM (Chowdhery et al. 2022, arXiv:2204.02311, appendix B):
 6N + 12·L·D·T, where the appendix's H·Q (heads × head dim) is our N·H, = D for standard widths.
 """
@@ -201,6 +207,9 @@ class GPT(nnx.Module):
     # tokens then sit at positions P.., as after a hard prompt of P tokens.
     self.soft_prompt = nnx.data(None)
     self.prefix = nnx.data(None)
+    # Flamingo slot (`flamingo.add_cross_attention`, 2204.14198): an nnx.List of L entries, a
+    # gated cross-attention block before layer i or None; read only when `media_BMD` is given.
+    self.cross_attn = nnx.data(None)
 
   @property
   def num_virtual_tokens(self) -> int:
@@ -218,19 +227,58 @@ class GPT(nnx.Module):
             for _ in range(cfg.num_layers)]
 
   def hidden_states(self, tokens_BT: Array, *, positions_BT: Array | None = None,
-                    segment_ids_BT: Array | None = None) -> Array:
+                    segment_ids_BT: Array | None = None, prefix_embeds_BPD: Array | None = None,
+                    bidirectional_len_B: Array | None = None,
+                    media_BMD: Array | None = None) -> Array:
     """The final (normed) residual stream [B, T, D] that the LM head reads: what a reward or
     value head (`transformers/reward_model.py`) reads too. Arguments as in `__call__`."""
-    return self._trunk(tokens_BT, positions_BT, segment_ids_BT, None)[0]
+    return self._trunk(tokens_BT, positions_BT, segment_ids_BT, None, prefix_embeds_BPD,
+                       bidirectional_len_B, media_BMD)[0]
 
-  def _trunk(self, tokens_BT, positions_BT, segment_ids_BT, caches):
+  def _check_vl(self, B, T, prefix_embeds_BPD, bidirectional_len_B, media_BMD, segment_ids_BT,
+                caches) -> int:
+    """Validates the vision–language arguments; returns the number of prefix embeddings P."""
+    cfg = self.cfg
+    P = 0
+    if prefix_embeds_BPD is not None:
+      if prefix_embeds_BPD.ndim != 3 or prefix_embeds_BPD.shape[0] != B or \
+         prefix_embeds_BPD.shape[2] != cfg.d_model:
+        raise ValueError(f"prefix_embeds_BPD must be [B={B}, P, D={cfg.d_model}], got "
+                         f"{list(prefix_embeds_BPD.shape)}")
+      if self.soft_prompt is not None or self.prefix is not None:
+        raise ValueError("prefix_embeds_BPD cannot be combined with a soft prompt or prefix "
+                         "(both take positions 0..P-1)")
+      P = prefix_embeds_BPD.shape[1]
+    if (P or bidirectional_len_B is not None or media_BMD is not None) and caches is not None:
+      raise ValueError("prefix_embeds_BPD / bidirectional_len_B / media_BMD are not supported "
+                       "with the KV cache; decode without it")
+    if bidirectional_len_B is not None:
+      if jnp.shape(bidirectional_len_B) != (B,):
+        raise ValueError(f"bidirectional_len_B must be [B={B}], got "
+                         f"{list(jnp.shape(bidirectional_len_B))}")
+      if segment_ids_BT is not None or cfg.attention_window is not None or \
+         cfg.attention_impl == "pallas":
+        raise ValueError("bidirectional_len_B (prefix-LM mask) works without segment_ids, an "
+                         "attention_window or attention_impl='pallas'")
+    if media_BMD is not None:
+      if self.cross_attn is None:
+        raise ValueError("media_BMD given but the model has no cross-attention layers; add "
+                         "them with flamingo.add_cross_attention")
+      if media_BMD.ndim != 3 or media_BMD.shape[0] != B:
+        raise ValueError(f"media_BMD must be [B={B}, M, D_media], got {list(media_BMD.shape)}")
+    return P
+
+  def _trunk(self, tokens_BT, positions_BT, segment_ids_BT, caches, prefix_embeds_BPD=None,
+             bidirectional_len_B=None, media_BMD=None):
     """(hidden [B, T, D] after the final norm, new caches, summed MoE losses)."""
     cfg = self.cfg
     if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
       raise ValueError(
           f"tokens must be an integer array [B, T], got {tokens_BT.dtype}{tokens_BT.shape}")
     B, T = tokens_BT.shape
-    P = self.num_virtual_tokens
+    P_img = self._check_vl(B, T, prefix_embeds_BPD, bidirectional_len_B, media_BMD,
+                           segment_ids_BT, caches)
+    P = self.num_virtual_tokens + P_img
     if T + P > cfg.context_len:
       raise ValueError(f"sequence of {T} tokens" + (f" after {P} virtual tokens" if P else "")
                        + f" exceeds context_len={cfg.context_len}")
@@ -248,6 +296,10 @@ class GPT(nnx.Module):
     x_BTD = self.embed(tokens_BT)
     if self.soft_prompt is not None:  # [prompt; tokens]: the prompt takes positions 0..P-1
       x_BTD = jnp.concatenate([self.soft_prompt(B).astype(x_BTD.dtype), x_BTD], axis=1)
+      positions_BT = jnp.concatenate(
+          [jnp.broadcast_to(jnp.arange(P), (B, P)), positions_BT], axis=1)
+    if P_img:  # [image embeddings; tokens], the same layout as a soft prompt, but per example
+      x_BTD = jnp.concatenate([prefix_embeds_BPD.astype(x_BTD.dtype), x_BTD], axis=1)
       positions_BT = jnp.concatenate(
           [jnp.broadcast_to(jnp.arange(P), (B, P)), positions_BT], axis=1)
     if cfg.positions == "learned":
@@ -272,6 +324,14 @@ class GPT(nnx.Module):
         attn_kwargs["segment_ids"] = segment_ids_BT
       else:                               # same segment, and causal (is_causal) on top
         attn_kwargs["mask"] = segment_ids_BT[:, None, :, None] == segment_ids_BT[:, None, None, :]
+    if bidirectional_len_B is not None:
+      # Prefix-LM (PaliGemma's mask): query t sees key s iff s <= t or s < n_b, i.e. the first
+      # n_b positions (of [prefix embeddings; tokens]) see each other, the rest is causal.
+      S = x_BTD.shape[1]
+      t_1T1, s_11S = jnp.arange(S)[None, :, None], jnp.arange(S)[None, None, :]
+      n_B11 = jnp.asarray(bidirectional_len_B)[:, None, None]
+      attn_kwargs["mask"] = ((s_11S <= t_1T1) | (s_11S < n_B11))[:, None]  # [B, 1, S, S]
+      attn_kwargs["is_causal"] = False
     kv_prefix = self.prefix(B) if self.prefix is not None else None  # L × (k, v) [B, P, K, H]
 
     aux_sum: dict[str, Array] = {}
@@ -280,11 +340,13 @@ class GPT(nnx.Module):
       cache = None if caches is None else caches[i]
       if kv_prefix is not None:
         attn_kwargs["kv_prefix"] = kv_prefix[i]
+      if media_BMD is not None and self.cross_attn[i] is not None:  # GATED XATTN-DENSE, then
+        x_BTD = self.cross_attn[i](x_BTD, media_BMD)                 # the LM layer (Fig. 4)
       x_BTD, aux, new_cache = layer(x_BTD, positions_BT=positions_BT, cache=cache, **attn_kwargs)
       new_caches.append(new_cache)
       for name, val in aux.items():
         aux_sum[name] = aux_sum.get(name, 0.0) + val
-    if self.soft_prompt is not None:
+    if self.soft_prompt is not None or P_img:
       x_BTD = x_BTD[:, -T:]  # logits for the real tokens only
     if self.final_norm is not None:
       x_BTD = self.final_norm(x_BTD)
@@ -292,7 +354,8 @@ class GPT(nnx.Module):
 
   def __call__(self, tokens_BT: Array, *, positions_BT: Array | None = None,
                segment_ids_BT: Array | None = None, caches: list | None = None,
-               return_aux: bool = False):
+               return_aux: bool = False, prefix_embeds_BPD: Array | None = None,
+               bidirectional_len_B: Array | None = None, media_BMD: Array | None = None):
     """Returns logits [B, T, V]; with `caches`, (logits, new_caches); with `return_aux`, the
     MoE losses (mean over MoE layers; zeros when dense) are appended: (..., aux).
 
@@ -300,9 +363,18 @@ class GPT(nnx.Module):
     earlier tokens of its own segment (give each example's positions from 0 in `positions_BT`).
     With a soft prompt or prefix of P virtual tokens, positions count from the first real token
     and are shifted by P here.
+
+    Vision–language inputs (none of them with `caches`):
+      `prefix_embeds_BPD` [B, P, D]: per-example embeddings (projected image tokens) before the
+        tokens, at positions 0..P-1; the tokens then sit at P.. and logits come for them only.
+      `bidirectional_len_B` int [B]: the prefix-LM mask; n_b counts positions of the whole
+        [prefix embeddings; tokens] sequence: positions < n_b attend to each other in both
+        directions, later ones causally (to everything before them).
+      `media_BMD` [B, M, D_media]: what the `cross_attn` slot's gated blocks attend to.
     """
     cfg = self.cfg
-    x_BTD, new_caches, aux_sum = self._trunk(tokens_BT, positions_BT, segment_ids_BT, caches)
+    x_BTD, new_caches, aux_sum = self._trunk(tokens_BT, positions_BT, segment_ids_BT, caches,
+                                             prefix_embeds_BPD, bidirectional_len_B, media_BMD)
     # Logits in fp32: the softmax cross-entropy over V classes needs the range.
     if self.lm_head is None:
       logits_BTV = self.embed.attend(x_BTD).astype(jnp.float32)

@@ -22,6 +22,8 @@ TASKS = {
     "lm_rnn": "genfm.experiments.tasks.lm_rnn:RNNLanguageModelTask",
     "seq2seq_rnn": "genfm.experiments.tasks.seq2seq_rnn:RNNSeq2SeqTask",
     "cnf2d": "genfm.experiments.tasks.cnf2d:CNF2DTask",
+    "clip": "genfm.experiments.tasks.clip:CLIPTask",
+    "vlm": "genfm.experiments.tasks.vlm:VLMTask",
 }
 
 

@@ -29,8 +29,9 @@ from genfm.foundations.mixed_precision import cast_floats
 from genfm.foundations.mlp import MLP, to_float
 from genfm.foundations.residual import DeepNet
 from genfm.foundations.resnet import ResNet
+from genfm.transformers.vit import ViT, ViTConfig
 
-MODELS = ("mlp", "lenet", "resnet", "scratch_cnn", "deep_mlp")
+MODELS = ("mlp", "lenet", "resnet", "scratch_cnn", "deep_mlp", "vit")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -131,6 +132,13 @@ class ClassificationTask(Task):
       if name in ("mlp", "deep_mlp"):
         h, w, c = self.image_shape
         return (MLP if name == "mlp" else DeepMLP)(h * w * c, self.num_classes, **kwargs, rngs=rngs)
+      if name == "vit":                          # config.model keys are ViTConfig fields
+        h, w, c = self.image_shape
+        try:
+          cfg = ViTConfig(image_size=(h, w), channels=c, num_classes=self.num_classes, **kwargs)
+        except ValueError as e:
+          raise ConfigError(f"config.model for 'vit': {e}") from None
+        return ViT(cfg, rngs=rngs)
       cls = {"lenet": LeNet, "resnet": ResNet, "scratch_cnn": ScratchCNN}[name]
       return cls(self.image_shape, self.num_classes, **kwargs, rngs=rngs)
     except TypeError as e:                       # an unknown key under config.model
