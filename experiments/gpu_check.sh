@@ -15,6 +15,8 @@
 #          XLA, cuDNN and our Pallas attention: MFU)
 #   ddpm   ddpm_train_step and diffusion_sample (2-D MLP and the :gpu U-Net; DDPM-1000 last;
 #          80 s on the H200 ended before the U-Net sampling rows)
+#   vision (only when named) vit_vs_resnet (the ViT also with attention_impl xla and pallas) and
+#          clip_step at batch 256 and 1,024 (issue #20; not yet run on a device)
 #   tune   (only when named) the Pallas tile/warps/stages sweep `bench_flash.tune` at H 128,
 #          T 16k, non-causal: 24 settings, each a Triton compile of three kernels
 #   char   (only when named) the launcher run of shakespeare_char:big_gpu (nanoGPT's GPU recipe,
@@ -83,6 +85,7 @@ for run in runs/gpu_*/; do
 done
 stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
 stage ddpm 200 $PY -m genfm.experiments.bench ddpm_train_step diffusion_sample
+stage vision 200 $PY -m genfm.experiments.bench vit_vs_resnet clip_step
 
 # The short table (the device reply carries only the end of the output).
 $PY - "$OUT" <<'EOF'
