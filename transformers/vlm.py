@@ -78,8 +78,3 @@ class LLaVA(nnx.Module):
     n_B = M + (jnp.zeros(tokens_BT.shape[0], jnp.int32) if prompt_len_B is None
                else jnp.asarray(prompt_len_B, jnp.int32))
     return self.lm(tokens_BT, prefix_embeds_BPD=h_BMD, bidirectional_len_B=n_B)
-
-  def loss(self, z_BMC, inputs_BT, targets_BT, loss_mask_BT, prompt_len_B):
-    """(answer-only cross-entropy, logits)."""
-    logits_BTV = self(z_BMC, inputs_BT, prompt_len_B)
-    return answer_loss(logits_BTV, targets_BT, loss_mask_BT), logits_BTV

@@ -102,6 +102,7 @@ class VLMTask(Task):
     except ValueError as e:
       raise ConfigError(f"config.model: {e}") from None
     self._check_vision_source()
+    self._predict = None
 
   # -- data ------------------------------------------------------------------------------------
 
@@ -202,9 +203,9 @@ class VLMTask(Task):
       return
     z_BMC = jax.lax.stop_gradient(ctx.model("vision").tokens(batch["image"]))
 
-    def loss_fn(model):
-      loss, _ = _vlm_loss(model, z_BMC, batch)
-      return loss, {}
+    def loss_fn(model):   # answer tokens only, eq. (3) of 2304.08485 (LLaVA and Flamingo alike)
+      logits_BTV = model(z_BMC, batch["inputs"], batch["prompt_len"])
+      return vlm.answer_loss(logits_BTV, batch["targets"], batch["loss_mask"]), {}
 
     ctx.update("vlm", loss_fn)
 
@@ -227,7 +228,9 @@ class VLMTask(Task):
   def after_eval(self, models, workdir: str, step: int) -> dict[str, float]:
     models = self._by_name(models)
     test = self._test.arrays
-    fn = nnx.jit(lambda ms, b: jnp.argmax(self.logits(ms, b), -1))
+    if self._predict is None:   # built once: a fresh nnx.jit per eval would recompile each time
+      self._predict = nnx.jit(lambda ms, b: jnp.argmax(self.logits(ms, b), -1))
+    fn = self._predict
     preds = []
     for i in range(0, len(test["label"]), 500):
       b = {k: jnp.asarray(test[k][i:i + 500]) for k in ("image", "inputs", "prompt_len")}
@@ -269,11 +272,6 @@ class VLMTask(Task):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def _vlm_loss(model, z_BMC, batch):
-  logits_BTV = model(z_BMC, batch["inputs"], batch["prompt_len"])
-  return vlm.answer_loss(logits_BTV, batch["targets"], batch["loss_mask"]), logits_BTV
 
 
 def _answer_stats(logits_BTV, batch):
