@@ -108,6 +108,9 @@ BENCHES = {
     "cnf_nfe": "genfm.experiments.bench_cnf:cnf_nfe",
     "vit_vs_resnet": "genfm.experiments.bench_vision:vit_vs_resnet",
     "clip_step": "genfm.experiments.bench_vision:clip_step",
+    "flow_sample": "genfm.experiments.bench_flow:flow_sample",
+    "dit_vs_unet": "genfm.experiments.bench_dit:dit_vs_unet",
+    "cm_vs_ddim": "genfm.experiments.bench_consistency:cm_vs_ddim",
 }
 
 

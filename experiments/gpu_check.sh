@@ -17,6 +17,9 @@
 #          80 s on the H200 ended before the U-Net sampling rows)
 #   vision (only when named) vit_vs_resnet (the ViT also with attention_impl xla and pallas) and
 #          clip_step at batch 256 and 1,024 (issue #20; not yet run on a device)
+#   moderndiff (only when named) issue #19: dit_vs_unet (DiT also with the Pallas flash kernel),
+#          flow_sample and cm_vs_ddim (1-step consistency model vs DDIM-50 images/s); not yet run
+#          on a device
 #   tune   (only when named) the Pallas tile/warps/stages sweep `bench_flash.tune` at H 128,
 #          T 16k, non-causal: 24 settings, each a Triton compile of three kernels
 #   char   (only when named) the launcher run of shakespeare_char:big_gpu (nanoGPT's GPU recipe,
@@ -86,6 +89,7 @@ done
 stage gpt 140 $PY -m genfm.experiments.bench gpt_train_step
 stage ddpm 200 $PY -m genfm.experiments.bench ddpm_train_step diffusion_sample
 stage vision 200 $PY -m genfm.experiments.bench vit_vs_resnet clip_step
+stage moderndiff 240 $PY -m genfm.experiments.bench dit_vs_unet flow_sample cm_vs_ddim
 
 # The short table (the device reply carries only the end of the output).
 $PY - "$OUT" <<'EOF'

@@ -24,6 +24,7 @@ TASKS = {
     "cnf2d": "genfm.experiments.tasks.cnf2d:CNF2DTask",
     "clip": "genfm.experiments.tasks.clip:CLIPTask",
     "vlm": "genfm.experiments.tasks.vlm:VLMTask",
+    "consistency": "genfm.experiments.tasks.consistency:ConsistencyTask",
 }
 
 

@@ -13,6 +13,14 @@ Two families, chosen by `config.diffusion.kind`:
       code), so the loss is ‖z − ε_θ‖²; with `prediction="score"` it outputs s_θ directly.
       Sampled by reverse-SDE Euler–Maruyama, predictor–corrector (Langevin) or the
       probability-flow ODE (eq. 13; Euler, Heun or adaptive RK45).
+- "flow": flow matching (arXiv:2210.02747) / rectified flow (arXiv:2209.03003) through
+      `genfm.diffusion.flow`: the CFM loss ‖v_θ(x_t, t) − u_t‖² with t ~ U(0, 1), t = 0 noise and
+      t = 1 data, path "fm" (σ_min) or "rf"; coupling "independent" or minibatch "ot" (OT-CFM,
+      arXiv:2302.00482, `diffusion/ot_coupling.py`); sampled by Euler / Heun / RK45 from t = 0 to 1.
+      Reflow (2-RF, Sec. 2.2 of 2209.03003): `diffusion.reflow_from = <workdir of a finished flow
+      run>` makes the training set `reflow_pairs` fixed couplings (noise, ODE(noise)) drawn from
+      that run's model with its sampler at `reflow_steps` steps; the new model trains on them
+      (usually also `init_from` the same run, as the paper does).
 
 The network is `genfm.diffusion.mlp_denoiser.MLPDenoiser`; continuous t ∈ [0, 1] enters its
 sinusoidal embedding as 999·t (as the score_sde code feeds VP models), so both families see the
@@ -27,40 +35,56 @@ A scatter plot of samples vs data goes to `samples_step{N}.png`.
 
 from __future__ import annotations
 
+import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
+from genfm.diffusion import flow
 from genfm.diffusion import gaussian
+from genfm.diffusion import ot_coupling
 from genfm.diffusion import samplers
 from genfm.diffusion import sde as sde_lib
 from genfm.diffusion import sde_samplers
 from genfm.diffusion.mlp_denoiser import MLPDenoiser, MLPDenoiserConfig
 from genfm.experiments import data
+from genfm.experiments import init_from
+from genfm.experiments import workdir as workdir_lib
+from genfm.experiments.data import sources
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import toy2d_eval
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import batch_sharding, check_ddpm, choice, sampler_kwargs
+from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, choice, like,
+                                                       replicated, sampler_kwargs)
 
-KINDS = ("ddpm", "sde")
+KINDS = ("ddpm", "sde", "flow")
 SDE_SAMPLERS = ("euler_maruyama", "pc", "ode")
 SDE_PREDICTIONS = ("eps", "score")
 ODE_METHODS = ("euler", "heun", "rk45")
-TIME_LABEL_SCALE = 999.0          # continuous t ∈ [0, 1] → embedding label 999·t
+FLOW_KEYS = ("path", "sigma_min", "coupling", "sampler", "sample_steps")
+TIME_LABEL_SCALE = 999.0
+REFLOW_KEY = 0x2EF10              # folded into reflow_seed: the pairs' noise is never eval noise          # continuous t ∈ [0, 1] → embedding label 999·t
 
 
 class Diffusion2DTask(Task):
-  """`config.dataset` ∈ {moons, eight_gaussians, swiss_roll} → MLP denoiser → DDPM or score SDE."""
+  """`config.dataset` ∈ {moons, eight_gaussians, swiss_roll} → MLP denoiser → DDPM, score SDE
+  or flow matching / rectified flow."""
 
   def __init__(self, config):
     super().__init__(config)
     self._train = toy2d_eval.train_points(config, "diffusion2d")
     d = config.diffusion
     choice("config.diffusion.kind", d.kind, KINDS)
+    self._reflow_train = None
     if d.kind == "ddpm":
       self.sched = check_ddpm(d)
+    elif d.kind == "flow":
+      check_flow(d)
+      if d.get("reflow_from", ""):
+        self.reflow_source_config = check_reflow_source(config)
     else:
       choice("config.diffusion.prediction", d.prediction, SDE_PREDICTIONS)
       choice("config.diffusion.sampler", d.sampler, SDE_SAMPLERS)
@@ -81,7 +105,38 @@ class Diffusion2DTask(Task):
   # --- data and model -------------------------------------------------------------------------
 
   def train_source(self):
+    d = self.config.diffusion
+    if d.kind == "flow" and d.get("reflow_from", ""):
+      if self._reflow_train is None:
+        self._reflow_train = self.reflow_pairs()
+      return self._reflow_train
     return self._train
+
+  def reflow_pairs(self) -> sources.ArraySource:
+    """{"x": ODE(noise), "noise": noise} from the `reflow_from` run's model: the coupling
+    (Z₀, Z₁) that rectified flow trains its next model on (Sec. 2.2 of 2209.03003)."""
+    d = self.config.diffusion
+    src_cfg, src_task, model = load_run(d.reflow_from, "config.diffusion.reflow_from")
+    sd = src_cfg.diffusion
+    n, chunk = int(d.reflow_pairs), 10_000
+    # A key of its own: jax's partitionable threefry makes normal(key(s), (n, 2))[:m] equal
+    # normal(key(s), (m, 2)), so key(reflow_seed) would put the eval's noise (key(sample_seed))
+    # among the training pairs and score memorised couplings.
+    key = jax.random.fold_in(jax.random.key(d.get("reflow_seed", 0)), REFLOW_KEY)
+    noise_N2 = np.asarray(jax.random.normal(key, (n, 2)))
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def push(state, z_B2):
+      return flow.sample(src_task.velocity_fn(nnx.merge(graphdef, state)), z_B2, sd.sampler,
+                         int(d.reflow_steps))
+
+    out = [np.asarray(push(state, noise_N2[i:i + chunk])) for i in range(0, n, chunk)]
+    arrays = {"x": np.concatenate(out).astype(np.float32), "noise": noise_N2.astype(np.float32)}
+    if not np.isfinite(arrays["x"]).all():
+      raise ConfigError(f"config.diffusion.reflow_from={d.reflow_from!r}: its ODE gives "
+                        "non-finite points; that run diverged")
+    return sources.ArraySource(arrays, sources.info_from_arrays("reflow", "train", arrays))
 
   def eval_sources(self):
     return {"test": data.load(self.config.dataset, "test")}
@@ -98,13 +153,15 @@ class Diffusion2DTask(Task):
 
   def draw_noise(self, key: jax.Array, x0_B2: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(t [B], z [B, 2]) for one step: integer code indices 0..T−1 for DDPM, t ~ U(eps, 1)
-    for the SDE. The split (t from the first key, z from the second) is part of the contract
-    the tests check. Both are laid out like the batch (see `_batch_sharding`)."""
+    for the SDE, t ~ U(0, 1) for flow (t = 0 noise). The split (t from the first key, z from
+    the second) is part of the contract the tests check. Both are laid out like the batch (see `_batch_sharding`)."""
     b = x0_B2.shape[0]
     t_key, z_key = jax.random.split(key)
     if self.config.diffusion.kind == "ddpm":
       t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
                                out_sharding=batch_sharding(x0_B2, 1))
+    elif self.config.diffusion.kind == "flow":       # t ~ U(0, 1), t = 0 noise (2210.02747)
+      t_B = jax.random.uniform(t_key, (b,), out_sharding=batch_sharding(x0_B2, 1))
     else:
       t_B = jax.random.uniform(t_key, (b,), minval=self.config.diffusion.t_eps,
                                maxval=self.sde.T, out_sharding=batch_sharding(x0_B2, 1))
@@ -121,6 +178,10 @@ class Diffusion2DTask(Task):
       return -out_B2 / std_B1                        # ∇ log p_0t(x_t | x_0) = −z / s(t)
     return fn
 
+  def velocity_fn(self, model: nnx.Module):
+    """v_θ(x [B, 2], t [B] ∈ [0, 1]) for the flow samplers: the network fed 999·t."""
+    return lambda x_B2, t_B: model(x_B2, TIME_LABEL_SCALE * t_B)
+
   def per_example_loss(self, model: nnx.Module, x0_B2: jax.Array, t_B: jax.Array,
                        z_B2: jax.Array) -> jax.Array:
     """[B] losses at given times and noise (the training loss is their mean): the library's
@@ -128,11 +189,20 @@ class Diffusion2DTask(Task):
     d = self.config.diffusion
     if d.kind == "ddpm":
       return gaussian.per_example_loss(model, self.sched, x0_B2, t_B, z_B2, d.prediction)
+    if d.kind == "flow":       # x0_B2 is data here; z_B2 the noise (t = 0 end), eq. (9) of 2210.02747
+      return flow.cfm_per_example(self.velocity_fn(model), d.path, z_B2, x0_B2, t_B, d.sigma_min)
     return sde_lib.dsm_per_example(self.score_fn(model), self.sde, x0_B2, t_B, z_B2)
 
   def loss(self, model, batch: Batch, key: jax.Array):
     x0_B2 = batch["x"]
     t_B, z_B2 = self.draw_noise(key, x0_B2)
+    if self.config.diffusion.kind == "flow":
+      if "noise" in batch:                             # reflow: the fixed (Z₀, Z₁) pairs
+        z_B2 = batch["noise"]
+      elif self.config.diffusion.coupling != "independent":   # minibatch OT (2302.00482)
+        # The whole batch's [B, B] cost on one host: replicated, then laid out like the batch.
+        z_B2 = like(ot_coupling.couple(self.config.diffusion.coupling, replicated(z_B2),
+                                       replicated(x0_B2)), z_B2)
     return jnp.mean(self.per_example_loss(model, x0_B2, t_B, z_B2)), {}
 
   def eval_metrics(self, model, batch: Batch):
@@ -150,6 +220,9 @@ class Diffusion2DTask(Task):
     if d.kind == "ddpm":
       return samplers.sample(d.sampler, lambda x, t: model(x, t), self.sched, key, shape,
                              **sampler_kwargs(d, d.sampler))
+    if d.kind == "flow":
+      return flow.sample(self.velocity_fn(model), jax.random.normal(key, shape), d.sampler,
+                         d.sample_steps)
     score_fn = self.score_fn(model)
     if d.sampler == "ode":
       x_T = sde_lib.prior_sample(self.sde, key, shape)
@@ -171,5 +244,86 @@ class Diffusion2DTask(Task):
     toy2d_eval.check_num_samples(self.config)
     graphdef, state = nnx.split(model)
     samples_N2 = np.asarray(jax.device_get(self.jitted_sampler(graphdef)(state)))
-    return toy2d_eval.evaluate(self.config, samples_N2, workdir, step,
-                               self.config.get("name", "diffusion2d"))
+    out = toy2d_eval.evaluate(self.config, samples_N2, workdir, step,
+                              self.config.get("name", "diffusion2d"))
+    if self.config.diffusion.kind == "flow":         # eq. (2) of 2209.03003, 100 Euler steps
+      noise = jax.random.normal(jax.random.key(self.config.eval.sample_seed + 1),
+                                (self.config.eval.num_samples, 2))
+      out["straightness"] = float(jax.jit(lambda s: flow.straightness(
+          self.velocity_fn(nnx.merge(graphdef, s)), noise, 100))(state))
+    return out
+
+  def sample_at_nfe(self, model: nnx.Module, key: jax.Array, num: int, nfe: int) -> jax.Array:
+    """[num, 2] samples at `nfe` network evaluations: Euler for flow models, DDIM (η = 0) or
+    the configured DPM-Solver++ for DDPM ones (one evaluation per step each)."""
+    d = self.config.diffusion
+    if d.kind == "flow":
+      return flow.sample(self.velocity_fn(model), jax.random.normal(key, (num, 2)), "euler", nfe)
+    if d.kind == "ddpm":
+      name = "dpm_solver_pp" if d.sampler == "dpm_solver_pp" else "ddim"
+      return samplers.sample(name, lambda x, t: model(x, t), self.sched, key, (num, 2),
+                             **sampler_kwargs(d, name, num_steps=nfe))
+    raise ConfigError(f"sample_at_nfe: diffusion kind {d.kind!r} has no fixed-NFE sampler here")
+
+
+def check_flow(d) -> None:
+  """`config.diffusion`'s flow-matching choices, each a one-line ConfigError."""
+  missing = [k for k in FLOW_KEYS if k not in d]
+  if missing:
+    raise ConfigError(f"config.diffusion.kind='flow' needs config.diffusion.{', '.join(missing)} "
+                      "(see experiments/configs/toy2d_flow.py)")
+  choice("config.diffusion.path", d.path, flow.PATHS)
+  choice("config.diffusion.coupling", d.coupling, ot_coupling.COUPLINGS)
+  choice("config.diffusion.sampler", d.sampler, flow.METHODS)
+  if not isinstance(d.sample_steps, int) or d.sample_steps < 1:
+    raise ConfigError(f"config.diffusion.sample_steps: NFE < 1 (got {d.sample_steps!r}); the "
+                      "flow sampler needs at least one step")
+  if not 0.0 <= d.sigma_min < 1.0:
+    raise ConfigError(f"config.diffusion.sigma_min must be in [0, 1), got {d.sigma_min!r}")
+  if d.get("reflow_from", ""):
+    if d.coupling != "independent":
+      raise ConfigError("config.diffusion.reflow_from trains on the source run's fixed (noise, "
+                        "ODE(noise)) pairs; set config.diffusion.coupling='independent'")
+    for key in ("reflow_pairs", "reflow_steps"):
+      if not isinstance(d.get(key), int) or d.get(key) < 1:
+        raise ConfigError(f"config.diffusion.{key} must be a positive integer, got "
+                          f"{d.get(key)!r}")
+
+
+def check_reflow_source(config) -> ml_collections.ConfigDict:
+  """The recorded config of `config.diffusion.reflow_from`, checked to be a finished 2-D flow run
+  on the same data set with a checkpoint; one-line ConfigError otherwise."""
+  where = config.diffusion.reflow_from
+  what = f"config.diffusion.reflow_from={where!r}"
+  rec = workdir_lib.recorded_config(where) if os.path.isdir(where) else None
+  if rec is None:
+    raise ConfigError(f"{what} holds no run (no config.json); point it at the workdir of a "
+                      "finished toy2d_flow run")
+  src = ml_collections.ConfigDict(rec)
+  kind = src.get("diffusion", {}).get("kind") if src.get("task") == "diffusion2d" else None
+  if kind != "flow":
+    raise ConfigError(f"{what} is a run of another task ({src.get('task')!r}, diffusion kind "
+                      f"{kind!r}); reflow needs a 2-D flow run (task diffusion2d, kind 'flow')")
+  if src.dataset != config.dataset:
+    raise ConfigError(f"{what} was trained on {src.dataset!r}, this run on "
+                      f"{config.dataset!r}; reflow needs the same data set")
+  ckpt = os.path.join(where, "checkpoints")
+  if not os.path.isdir(ckpt) or not any(s.isdigit() for s in os.listdir(ckpt)):
+    raise ConfigError(f"{what} holds no checkpoint ({ckpt}/<step>); train that run first")
+  return src
+
+
+def load_run(workdir: str, what: str = "workdir"):
+  """(config, task, model with its newest (EMA) checkpoint's weights) of a finished 2-D run."""
+  rec = workdir_lib.recorded_config(workdir) if os.path.isdir(workdir) else None
+  if rec is None or rec.get("task") != "diffusion2d":
+    raise ConfigError(f"{what}={workdir!r} is not a finished diffusion2d run (config.json "
+                      f"task {None if rec is None else rec.get('task')!r})")
+  cfg = ml_collections.ConfigDict(rec)
+  task = Diffusion2DTask(cfg)
+  model = task.build_model(nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  step, source, _ = init_from.read_source(workdir)
+  values, _ = init_from.load_into({"model": {"params": params, "rest": rest}}, task, source,
+                                  f"{what}={workdir!r} step {step}")
+  return cfg, task, nnx.merge(graphdef, values["model"]["params"], values["model"]["rest"])

@@ -9,6 +9,17 @@ probability p_uncond, so one network is both ε_θ(x, t, c) and ε_θ(x, t, ∅)
 classifier-free guidance at scale s = 1 + w (`diffusion/guidance.py`) with DDPM ancestral
 steps, DDIM (arXiv:2010.02502) or DPM-Solver++(2M) (arXiv:2211.01095).
 
+Backbone `config.model.kind`: "unet" (default; `diffusion/unet.py`) or "dit" (DiT with adaLN-Zero,
+arXiv:2212.09748, `diffusion/dit.py`); both are called (x, t, labels) with the null label
+`num_classes`. Objective `config.diffusion.kind`: "ddpm" (default; everything above) or "flow" —
+conditional flow matching (arXiv:2210.02747; rectified flow's straight path, arXiv:2209.03003,
+with `path = "rf"`) through `diffusion/flow.py`: t ~ U[0, 1] with **t = 0 noise and t = 1
+data**, x_t = t·data + (1 − (1 − σ_min) t)·noise, loss ‖v_θ(x_t, 999·t, c) − u_t‖² averaged over
+pixels (the network sees the DDPM-style time label 999·t, so the same embeddings serve both),
+the same label dropout, and samples by integrating dx/dt = ṽ(x, t) from 0 to 1 (Euler / Heun,
+`sample_steps` steps) with ṽ the classifier-free guided velocity s·v(x, t, c) + (1 − s)·v(x, t, ∅)
+(guidance is linear, so it applies to velocities as to ε).
+
 Images: uint8 {0..255} → x = p/127.5 − 1 ∈ [−1, 1] (the DDPM code's scaling), padded by
 `config.pad` pixels of background (−1) per side, on device inside the jitted step (Fashion-MNIST
 28×28 → 32×32 with pad 2, so the U-Net halves the size twice).
@@ -30,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from genfm.diffusion import dit
 from genfm.diffusion import fashion_fid
+from genfm.diffusion import flow
 from genfm.diffusion import gaussian
 from genfm.diffusion import guidance
 from genfm.diffusion import samplers
@@ -38,8 +51,12 @@ from genfm.diffusion.unet import UNet, UNetConfig
 from genfm.experiments import data, fid_classifier
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, like,
+from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, choice, like,
                                                       replicated, sampler_kwargs)
+
+MODEL_KINDS = ("unet", "dit")
+DIFFUSION_KINDS = ("ddpm", "flow")
+FLOW_TIME_LABEL = 999.0      # the network's time label for flow time t ∈ [0, 1] (spec of #19)
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -54,7 +71,8 @@ def to_model_input(image_BHWC: jax.Array, pad: int) -> jax.Array:
 
 
 class DiffusionImageTask(Task):
-  """`config.dataset` (labelled images) → class-conditional U-Net → DDPM ε-loss + CFG sampling."""
+  """`config.dataset` (labelled images) → class-conditional U-Net or DiT → DDPM ε-loss or flow
+  matching, CFG sampling."""
 
   def __init__(self, config):
     super().__init__(config)
@@ -68,14 +86,21 @@ class DiffusionImageTask(Task):
     if not isinstance(pad, int) or pad < 0:
       raise ConfigError(f"config.pad must be a non-negative integer, got {pad!r}")
     h, w, c = info.image_shape
-    self.image_shape = (h + 2 * pad, w + 2 * pad, c)          # the U-Net's input [H, W, C]
-    factor = 2 ** (len(config.model.channel_mults) - 1)
-    if self.image_shape[0] % factor or self.image_shape[1] % factor:
-      raise ConfigError(f"padded images {self.image_shape[:2]} are not divisible by {factor} "
-                        f"(the U-Net's {len(config.model.channel_mults)} levels); change "
-                        "config.pad or config.model.channel_mults")
+    self.image_shape = (h + 2 * pad, w + 2 * pad, c)          # the network's input [H, W, C]
+    self.model_kind = config.model.get("kind", "unet")
+    choice("config.model.kind", self.model_kind, MODEL_KINDS)
+    if self.model_kind == "unet":
+      factor = 2 ** (len(config.model.channel_mults) - 1)
+      if self.image_shape[0] % factor or self.image_shape[1] % factor:
+        raise ConfigError(f"padded images {self.image_shape[:2]} are not divisible by {factor} "
+                          f"(the U-Net's {len(config.model.channel_mults)} levels); change "
+                          "config.pad or config.model.channel_mults")
+    else:
+      self.dit_config()                        # bad DiT settings fail here, before any step
     d = config.diffusion
-    self.sched = check_ddpm(d)
+    self.kind = d.get("kind", "ddpm")
+    choice("config.diffusion.kind", self.kind, DIFFUSION_KINDS)
+    self.sched = check_ddpm(d) if self.kind == "ddpm" else self._check_flow(d)
     if not 0.0 <= d.p_uncond <= 1.0:
       raise ConfigError(f"config.diffusion.p_uncond must be in [0, 1], got {d.p_uncond}")
     clip = d.get("clip_x0", 0.0)
@@ -93,7 +118,37 @@ class DiffusionImageTask(Task):
       fid_classifier.ensure(config.fid_classifier_workdir,
                             config.get("fid_classifier_config", ""), config.dataset)
 
+  @staticmethod
+  def _check_flow(d) -> None:
+    """`config.diffusion`'s flow-matching choices (path, sampler, steps, σ_min)."""
+    choice("config.diffusion.path", d.get("path"), flow.PATHS)
+    choice("config.diffusion.sampler", d.sampler, ("euler", "heun"))
+    try:
+      flow.nfe(d.sampler, d.sample_steps)                       # NFE ≥ 1
+    except ValueError as e:
+      raise ConfigError(f"config.diffusion: {e}") from None
+    if not 0.0 <= d.get("sigma_min", 0.0) < 1.0:
+      raise ConfigError(f"config.diffusion.sigma_min must be in [0, 1), got {d.sigma_min}")
+
   # --- data and model -------------------------------------------------------------------------
+
+  def _model_kwargs(self) -> dict:
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else v
+            for k, v in self.config.model.to_dict().items() if k != "kind"}
+
+  def dit_config(self) -> dit.DiTConfig:
+    """The DiT of `config.model` (kind "dit") for this task's padded images."""
+    h, w, c = self.image_shape
+    if h != w:
+      raise ConfigError(f"the DiT takes square images; padded images are {h}×{w}")
+    m = self._model_kwargs()
+    if m.get("learn_sigma", False):
+      raise ConfigError("config.model.learn_sigma: the image task trains ε / velocity only; "
+                        "set it False")
+    try:
+      return dit.DiTConfig(image_size=h, in_channels=c, num_classes=self.num_classes, **m)
+    except (TypeError, ValueError) as e:        # an unknown key, or a patch that does not fit
+      raise ConfigError(f"config.model for the DiT: {e}") from None
 
   def train_source(self):
     return self._train
@@ -107,8 +162,9 @@ class DiffusionImageTask(Task):
     return {"test": data.ArraySource({k: v[:n] for k, v in test.arrays.items()}, info)}
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    m = {k: tuple(v) if isinstance(v, (list, tuple)) else v
-         for k, v in self.config.model.to_dict().items()}
+    if self.model_kind == "dit":
+      return dit.DiT(self.dit_config(), rngs=rngs)
+    m = self._model_kwargs()
     try:
       cfg = UNetConfig(image_channels=self.image_shape[2], image_size=self.image_shape[0],
                        num_classes=self.num_classes, **m)
@@ -119,12 +175,16 @@ class DiffusionImageTask(Task):
   # --- losses ---------------------------------------------------------------------------------
 
   def draw_noise(self, key: jax.Array, x0_BHWC: jax.Array):
-    """(t [B] code indices 0..T−1, ε [B, H, W, C], u [B] for label dropout), laid out like the
-    batch; t from the first of three split keys, ε from the second, u from the third."""
+    """(t [B] code indices 0..T−1 — flow: t ~ U[0, 1) —, ε [B, H, W, C], u [B] for label
+    dropout), laid out like the batch; t from the first of three split keys, ε from the second,
+    u from the third."""
     b = x0_BHWC.shape[0]
     t_key, z_key, u_key = jax.random.split(key, 3)
-    t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
-                             out_sharding=batch_sharding(x0_BHWC, 1))
+    if self.kind == "flow":
+      t_B = jax.random.uniform(t_key, (b,), out_sharding=batch_sharding(x0_BHWC, 1))
+    else:
+      t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
+                               out_sharding=batch_sharding(x0_BHWC, 1))
     z_BHWC = jax.random.normal(z_key, x0_BHWC.shape, jnp.float32,
                                out_sharding=batch_sharding(x0_BHWC, 4))
     u_B = jax.random.uniform(u_key, (b,), out_sharding=batch_sharding(x0_BHWC, 1))
@@ -133,7 +193,13 @@ class DiffusionImageTask(Task):
   def per_example_loss(self, model, x0_BHWC, labels_B, t_B, z_BHWC) -> jax.Array:
     """[B] L_simple (eq. 14 of 2006.11239, the library's) at given t, ε and (possibly null)
     labels. The U-Net runs on replicated inputs (`diffusion_common.replicated`); its output is
-    laid out like x_t again."""
+    laid out like x_t again. Flow: the CFM loss (eq. 9 of 2210.02747) with ε as the noise end."""
+    if self.kind == "flow":
+      d = self.config.diffusion
+      velocity_fn = lambda xt, t: like(model(replicated(xt), replicated(FLOW_TIME_LABEL * t),
+                                             replicated(labels_B)), xt)
+      return flow.cfm_per_example(velocity_fn, d.path, z_BHWC, x0_BHWC, t_B,
+                                  d.get("sigma_min", 0.0))
     model_fn = lambda xt, t: like(model(replicated(xt), replicated(t), replicated(labels_B)), xt)
     return gaussian.per_example_loss(model_fn, self.sched, x0_BHWC, t_B, z_BHWC,
                                      self.config.diffusion.prediction)
@@ -163,6 +229,11 @@ class DiffusionImageTask(Task):
     scale = d.guidance_scale if scale is None else scale
     model_fn = guidance.guided_model(model, labels_B, self.num_classes, scale)
     shape = (labels_B.shape[0],) + self.image_shape
+    if self.kind == "flow":          # t = 0 noise → t = 1 data; the network sees 999·t
+      velocity_fn = lambda x, t_B: model_fn(x, FLOW_TIME_LABEL * t_B)
+      noise = jax.random.normal(key, shape, jnp.float32)
+      steps = d.sample_steps if num_steps is None else num_steps
+      return flow.sample(velocity_fn, noise, sampler, steps)
     return samplers.sample(sampler, model_fn, self.sched, key, shape,
                            **sampler_kwargs(d, sampler, num_steps))
 
@@ -206,6 +277,8 @@ class DiffusionImageTask(Task):
     fid = self.fid_evaluator()           # first: a missing classifier fails before sampling
     samples = self.generate(model, n, d.sampler)
     sampler = d.sampler if d.sampler == "ddpm" else f"{d.sampler}-{d.sample_steps}"
+    if self.kind == "flow":
+      sampler = f"flow ({d.path}) {sampler}"
     title = (f"{self.config.get('name', 'diffusion_image')} step {step}: {sampler}, "
              f"guidance s = {d.guidance_scale}")
     out = {}

@@ -183,7 +183,7 @@ def test_bad_sampler_and_prediction_are_one_line_errors(tmp_path, launch):
     (toy2d_score_sde, "sampler", "ddim", "euler_maruyama, ode, pc"),
     (toy2d_score_sde, "prediction", "v", "eps, score"),
     (toy2d_score_sde, "sde", "vpp", "subvp, ve, vp"),
-    (toy2d_ddpm, "kind", "flow", "ddpm, sde"),
+    (toy2d_ddpm, "kind", "edm", "ddpm, flow, sde"),
     (toy2d_ddpm, "schedule", "sigmoid", "cosine, linear"),
     (toy2d_ddpm, "sample_steps", 5000, "T=1000")])
 def test_bad_choices_raise_config_errors_naming_the_valid_ones(config, key, value, needle):

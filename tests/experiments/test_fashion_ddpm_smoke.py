@@ -98,6 +98,7 @@ def test_variants_build():
   for variant, n_params in (("", 268_017), ("long", 268_017), ("gpu", None)):
     config = fashion_ddpm.get_config(variant)
     assert (config.ema_decay > 0) == (variant != ""), (variant, config.ema_decay)
+    config.fid_classifier_workdir = ""   # else the task trains the FD classifier first (minutes)
     task = DiffusionImageTask(config)
     assert task.image_shape == (32, 32, 1)
     shapes = nnx.state(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))), nnx.Param)
