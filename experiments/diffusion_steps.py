@@ -64,9 +64,11 @@ def define_flags():
 TIME_LABEL_SCALE = 999.0        # continuous t ∈ [0, 1] → the network's time label 999·t
 
 
-def load_run(workdir: str, num_samples: int | None = None, clip_x0: float | None = None):
-  """(task, model in eval mode, config, step) of the newest checkpoint in `workdir`; the
-  sampling-only settings `num_samples` and `clip_x0` may differ from the run's."""
+def load_run(workdir: str, num_samples: int | None = None, clip_x0: float | None = None,
+             tasks: tuple[str, ...] = ("diffusion_image",), fid_classifier_workdir: str = ""):
+  """(task, model(s) in eval mode, config, step) of the newest checkpoint in `workdir`; the
+  sampling-only settings `num_samples`, `clip_x0` and the FD classifier may differ from the
+  run's. `tasks`: the run tasks the caller can read (one-line error for any other)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir!r} holds no run (no config.json); train one with "
@@ -74,13 +76,15 @@ def load_run(workdir: str, num_samples: int | None = None, clip_x0: float | None
                             f"fashion_ddpm.py --workdir={workdir}`.")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if config.task != "diffusion_image":
+  if config.task not in tasks:
     raise ValueError(f"{workdir!r} holds a {config.task!r} run; this script needs a "
-                     "diffusion_image run (e.g. experiments/configs/fashion_ddpm.py).")
+                     f"{' / '.join(tasks)} run (e.g. experiments/configs/fashion_ddpm.py).")
   if num_samples is not None:
     config.eval.num_samples = num_samples
   if clip_x0 is not None:
     config.diffusion.clip_x0 = clip_x0
+  if fid_classifier_workdir:
+    config.fid_classifier_workdir = fid_classifier_workdir
   task = get_task(config)
   restored = train.restore_eval_model(task, config, workdir)
   if restored is None:

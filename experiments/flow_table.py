@@ -1,7 +1,7 @@
 """The 2-D NFE table of issue #19: energy distance / data floor of DDPM, FM, RF, 2-RF and OT-CFM
 at 1, 2, 5, 10 and 100 network evaluations, and path straightness before and after reflow.
 
-    python -m genfm.experiments.flow_table --runs=/work/runs --prefix=flowA_ [--out=DIR]
+    python -m genfm.experiments.flow_table --runs=runs --prefix=toy2d_flow_ [--out=DIR]
 
 reads the finished workdirs `<runs>/<prefix><method>_<dataset>` (method ∈ ddpm | fm | rf |
 reflow | otcfm, dataset ∈ moons | eight_gaussians | swiss_roll; trained by
@@ -33,9 +33,14 @@ from genfm.diffusion import metrics
 from genfm.experiments import data
 from genfm.experiments.tasks.diffusion2d import load_run
 
-flags.DEFINE_string("runs", "/work/runs", "folder holding the workdirs")
-flags.DEFINE_string("prefix", "flowA_", "workdir name prefix: <prefix><method>_<dataset>")
-flags.DEFINE_string("out", "", "output folder (default <runs>/<prefix>table)")
+
+
+def define_flags():
+  """Defined only when run as a script: importing this module (tests, notebooks) next to the
+  launcher must not define flags twice."""
+  flags.DEFINE_string("runs", "runs", "folder holding the workdirs")
+  flags.DEFINE_string("prefix", "toy2d_flow_", "workdir name prefix: <prefix><method>_<dataset>")
+  flags.DEFINE_string("out", "", "output folder (default <runs>/<prefix>table)")
 
 NFES = (1, 2, 5, 10, 100)
 DATASETS = ("moons", "eight_gaussians", "swiss_roll")
@@ -159,4 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -28,12 +28,11 @@ import sys
 import time
 from typing import Sequence
 
-import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
 
-from genfm.experiments import train
+from genfm.experiments import diffusion_steps
 from genfm.experiments.errors import UserError
 from genfm.experiments.tasks import get_task
 from genfm.experiments.tasks.diffusion_image import save_grid
@@ -53,23 +52,8 @@ def define_flags():
 
 def load(workdir: str, num_samples: int, fid_workdir: str = ""):
   """(task, model(s), config, step) of a finished run, read-only; one-line errors otherwise."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir!r} holds no run (no config.json).")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.task not in TASKS:
-    raise ValueError(f"{workdir!r} holds a {config.task!r} run; image_nfe reads "
-                     f"{' / '.join(TASKS)} runs.")
-  config.eval.num_samples = num_samples
-  if fid_workdir:
-    config.fid_classifier_workdir = fid_workdir
-  task = get_task(config)
-  restored = train.restore_eval_model(task, config, workdir)
-  if restored is None:
-    raise FileNotFoundError(f"{workdir!r} has no checkpoint yet.")
-  model, step = restored
-  return task, model, config, step
+  return diffusion_steps.load_run(workdir, num_samples, tasks=TASKS,
+                                  fid_classifier_workdir=fid_workdir)
 
 
 def family(config) -> str:

@@ -14,7 +14,7 @@ Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_c
           fashion_ddpm:long run — the same U-Net; FID classifier runs/fashion_lenet; both read
           only). On this machine, with absolute paths (a relative runs/fashion_lenet that does not
           exist would train a new classifier first, 26 min):
-          python -m genfm.experiments.run --config=experiments/configs/fashion_cd.py --workdir=/work/runs/fashion_cd --config.init_from=/work/runs/fashion_ddpm --config.fid_classifier_workdir=/work/runs/fashion_lenet
+          python -m genfm.experiments.run --config=experiments/configs/fashion_cd.py --workdir=runs/fashion_cd
 Hardware: CPU, 2 cores.
 Run time: NOT measured at full size (the Fashion teacher was still training when this was
           written). Estimate: a CD step costs ≈ 8 U-Net passes (student forward + backward ≈ 3,

@@ -4,8 +4,8 @@ and flow matching (arXiv:2210.02747 / rectified flow, 2209.03003), at equal trai
 The FD protocol is `fashion_ddpm`'s (n = 500 guided samples, s = 2, LeNet features of
 `fashion_lenet.py`, real-vs-real floor 2.91 at the same n); the U-Net run it is compared with is
 `fashion_ddpm.py` (5,000 steps of batch 32).
-Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_dit.py --workdir=/work/runs/fashion_dit
-          (`:flow`, `:unet_flow` likewise; the FID classifier is read from /work/runs/fashion_lenet,
+Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_dit.py --workdir=runs/fashion_dit
+          (`:flow`, `:unet_flow` likewise; the FID classifier is read from runs/fashion_lenet,
           trained there first if it holds no run; --config.fid_classifier_workdir='' skips the FD)
 Hardware: CPU, 2 cores.
 Equal FLOPs: per-step FLOPs of the compiled launcher train step (XLA cost analysis,
@@ -33,8 +33,8 @@ Expect:   not stated yet: the first full run sets it (the U-Net's is FD 12.54 at
 `:smoke` — sklearn digits (8×8, no padding), a tiny DiT (D 32, 2 blocks, 2 heads, patch 2,
           16 tokens, freq 32; 42,692 params, ~ the U-Net smoke's 41,961), DDPM ε, 150 steps,
           n = 140 guided DDIM-20 samples; its digits FID classifier (`fashion_lenet.py:smoke`,
-          ~20 s) is trained first into /work/runs/fashion_lenet_smoke_dit if missing:
-          python -m genfm.experiments.run --config=experiments/configs/fashion_dit.py:smoke --workdir=/work/runs/fashion_dit_smoke
+          ~20 s) is trained first into runs/fashion_lenet_smoke if missing:
+          python -m genfm.experiments.run --config=experiments/configs/fashion_dit.py:smoke --workdir=runs/fashion_dit_smoke
           1m27s wall / 40 s CPU (2-core CPU under load ~8, compiles included). Measured FD 27.0
           vs floor 5.58 (n = 140), test ε-loss 0.190 — fashion_ddpm's U-Net smoke at the same
           size and steps scores 58.7. The same smoke under flow matching (rf, Euler-20, i.e.
@@ -72,10 +72,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = fashion_ddpm.get_config("smoke")
     c.name = "fashion_dit_smoke"
     c.model = dit_model(32, 2, 2, 2, freq_dim=32)
-    c.fid_classifier_workdir = "/work/runs/fashion_lenet_smoke_dit"
     return c
   c = fashion_ddpm.get_config("")
-  c.fid_classifier_workdir = "/work/runs/fashion_lenet"   # the lead's (fashion_ddpm's protocol)
   c.name = f"fashion_dit{'_' + variant if variant else ''}"
   if variant == "unet_flow":
     flow_matching(c)

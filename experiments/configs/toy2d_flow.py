@@ -9,7 +9,7 @@ Command:  python -m genfm.experiments.run --config=experiments/configs/toy2d_flo
           finished rf run of the same data set, given as both its pair source and its init:
           --config=...:reflow_moons --config.diffusion.reflow_from=runs/toy2d_flow_rf_moons
           --config.init_from=runs/toy2d_flow_rf_moons   (these are the defaults).
-          Table: python -m genfm.experiments.flow_table --runs=/work/runs --prefix=flowA_ reads
+          Table: python -m genfm.experiments.flow_table --runs=runs --prefix=toy2d_flow_ reads
           <runs>/<prefix><method>_<dataset> (ddpm = toy2d_ddpm.py:<dataset>); see flow_table.py.
 Hardware: CPU, 2 cores shared with ~4 other jobs (load 5–10, so times are pessimistic).
 Run time: fm / rf 1–1.5 min, reflow 1–2.5 min (incl. 50k Euler-100 pairs), otcfm 4.5–9.5 min (the

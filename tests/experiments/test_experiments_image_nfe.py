@@ -48,5 +48,5 @@ def test_bad_workdirs_are_one_line_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config.json"):
     image_nfe.load(str(tmp_path), 10)
   (tmp_path / "config.json").write_text(json.dumps({"task": "classify"}))
-  with pytest.raises(ValueError, match="holds a 'classify' run; image_nfe reads"):
+  with pytest.raises(ValueError, match="holds a .classify. run; this script needs a diffusion_image / consistency run"):
     image_nfe.load(str(tmp_path), 10)
