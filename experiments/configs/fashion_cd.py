@@ -12,23 +12,20 @@ guided DDIM-10 FD measured in the same run (issue #19 aim: 2-step CD at or below
 Command:  python -m genfm.experiments.run --config=experiments/configs/fashion_cd.py --workdir=runs/fashion_cd
           (teacher `config.init_from = runs/fashion_ddpm`, a finished fashion_ddpm or
           fashion_ddpm:long run — the same U-Net; FID classifier runs/fashion_lenet; both read
-          only). On this machine, with absolute paths (a relative runs/fashion_lenet that does not
-          exist would train a new classifier first, 26 min):
-          python -m genfm.experiments.run --config=experiments/configs/fashion_cd.py --workdir=runs/fashion_cd
+          only; a relative runs/fashion_lenet that does not exist is trained first, ~6–26 min)
 Hardware: CPU, 2 cores.
-Run time: NOT measured at full size (the Fashion teacher was still training when this was
-          written). Estimate: a CD step costs ≈ 8 U-Net passes (student forward + backward ≈ 3,
-          target 1, the guided teacher's Heun step 2 evaluations × 2 for CFG) against ≈ 3 for a
-          DDPM step at 4.6 steps/s ⇒ ≈ 1.7 steps/s ⇒ 3,000 steps ≈ 30 min, plus two evals
-          (EMA and raw: 2 × 500 one- and two-step samples, seconds; the teacher's DDIM-10 once,
-          ~30 s) — ~35 min on an idle 2-core CPU.
-Measured: not at full size. `:smoke` (below) runs end to end.
-Expect:   the issue's aim is fd_2step ≤ fd_teacher_ddim10 (8.40 on fashion_ddpm:long; 22.06 on
-          the 5,000-step fashion_ddpm, the teacher being trained on 2026-12-03). NOT
-          expected at 3,000 steps from the smoke evidence: there CD moved the student from FD
-          111.0 (1-step) / 106.8 (2-step) at its initialisation (the teacher's conditional
-          denoiser; a 1-step run at learning rate 0) only to 97–103 / 95–99 in 200–400 steps,
-          while the teacher's DDIM-10 scored 62.3. fd_1step > fd_2step throughout.
+Run time: 1h06m for 3,000 steps (0.4–1.5 steps/s) on the 2-core CPU shared with a DiT run and
+          the test suite; a CD step costs ≈ 8 U-Net passes (student forward + backward ≈ 3,
+          target 1, the guided teacher's Heun step 2 evaluations × 2 for CFG).
+Measured: (2026-12-03, teacher = the 5,000-step fashion_ddpm, FD 12.54 at DDIM-50) at step
+          3,000: fd_1step 116.6, **fd_2step 51.24** (EMA 0.999; raw weights 115.6 / 50.24) vs the
+          teacher's guided DDIM-10 **22.06** measured in the same run, floor 2.91 (n = 500); at
+          step 1,500: 137.4 / 72.3 (raw 108.0 / 54.3). The issue's aim (2-step CD ≤ the teacher's
+          DDIM-10) is NOT met: 2.3× it. The student is the teacher's ε-U-Net read through
+          f = c_skip x + c_out F with F from D = x − σ ε̂, so at σ = 80 an error in ε̂ reaches f
+          multiplied by 80; an EDM-parameterised student (F the network's own output, as in the
+          paper) and many more steps (the paper: 800k at batch 512) are the known levers.
+Expect:   fd_2step ≤ 60 and fd_1step ≤ 130 at n = 500 (measured 51.24 / 116.6).
 `:ct` — consistency training (eq. 10): same student initialisation, no teacher in the loss,
           N(k) from 2 to 151 and μ(k) from 0.9 (App. C), 3,000 steps, ~2× cheaper per step than
           CD. Not run. Expect fd well above CD's at this length (CT needs ~10⁵ steps in the paper).

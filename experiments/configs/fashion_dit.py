@@ -18,15 +18,18 @@ Equal FLOPs: per-step FLOPs of the compiled launcher train step (XLA cost analys
           (At the U-Net's parameter count a DiT costs 15.33 GFLOP / step at patch 2 and 2.59 at
           patch 4 (`genfm-bench dit_vs_unet`): parameters do not fix the compute, so the runs are
           matched in FLOPs, as the issue asks.)
-Run time: NOT measured (the full runs are the lead's). `genfm-bench dit_vs_unet` on the shared
-          2-core CPU (load ~7): 0.584 s / DiT step vs 0.338 s / U-Net step at batch 32, so the
-          3,490 DiT steps cost ~34 min of training against the U-Net's ~28 min, plus two evals.
-Measured: a 600-step check of "" (--config.num_train_steps=600, cosine over 600 steps; stopped
-          at step 367 by the 10-minute limit, under load ~11, before any eval — no FD):
-          train ε-loss 0.507 / 0.097 / 0.078 at steps 100 / 200 / 300 (fashion_ddpm's U-Net:
-          0.531 / 0.061 / 0.050 at the same steps of its 5,000-step schedule). The DiT learns,
-          more slowly per step than the U-Net. FD of "", `:flow`, `:unet_flow`: NOT measured.
-Expect:   not stated yet: the first full run sets it (the U-Net's is FD 12.54 at n = 500).
+Run time: 27m21s wall for "" (3,490 steps, two evals of 500 guided DDIM-50 samples) on the
+          2-core CPU shared with a consistency-distillation run (2.7–5.6 steps/s); the U-Net run
+          took 1h07m beside other agents' tests (28m55s, 2026-12-01).
+Measured: (2026-12-03) "": FD 52.04 vs floor 2.91 (n = 500, DDIM-50, s = 2), test ε-loss
+          0.0522; 80.28 at the halfway eval (step 1,745). The U-Net at the same training FLOPs:
+          FD 12.54, ε-loss 0.0412 (31.24 at its halfway eval). At this CPU budget (5.7e13 FLOPs,
+          ~110k images seen) the U-Net's convolutional prior wins by 4×; DiT's own Fig. 6 shows
+          transformer quality growing with training compute, far beyond this budget.
+          `:flow` (54m36s wall beside the CD run and the test suite): FD **17.72** (23.44 at step
+          1,745), test velocity loss 0.201 — flow matching on the same DiT and FLOPs scores 2.9×
+          better than ε-prediction; still behind the U-Net's DDPM 12.54. `:unet_flow`: not run.
+Expect:   `fd` ≤ 60 for "", ≤ 22 for `:flow` at n = 500 (measured 52.04 / 17.72).
 `:flow` — the same DiT and FLOPs, flow matching (path "rf": x_t = t·data + (1 − t)·noise, t = 0
           noise), CFG on the velocity, Heun with 25 steps (50 network evaluations, as DDIM-50).
 `:unet_flow` — fashion_ddpm's U-Net, 5,000 steps, flow matching as `:flow`.
