@@ -12,6 +12,7 @@ output is zero-initialised (as in the DDPM code), so each block starts as the id
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +139,7 @@ class UNetConfig:
 class UNet(nnx.Module):
   """ε/x₀/v-prediction network: (x [B, H, W, C], t [B], labels [B] | None) → [B, H, W, C]."""
 
-  def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: UNetConfig, *, encoder_only: bool = False, rngs: nnx.Rngs):
     self.cfg = cfg
     ch = cfg.base_channels
     temb = 4 * ch
@@ -164,6 +165,12 @@ class UNet(nnx.Module):
     self.mid1 = ResBlock(c, c, temb, num_groups=cfg.num_groups, dropout=cfg.dropout, rngs=rngs)
     self.mid_attn = AttnBlock(c, num_heads=cfg.num_heads, num_groups=cfg.num_groups, rngs=rngs)
     self.mid2 = ResBlock(c, c, temb, num_groups=cfg.num_groups, dropout=cfg.dropout, rngs=rngs)
+    # The skip channels the decoder reads, in push order (a ControlNet adds one residual to each).
+    self.skip_channels = tuple(skips)
+    self.mid_channels = c
+    if encoder_only:   # the encoder half only (ControlNet's trainable copy, 2302.05543 sec. 3.2)
+      self.up = self.norm_out = self.conv_out = nnx.data(None)
+      return
     up = []
     for level, mult in reversed(list(enumerate(cfg.channel_mults))):
       for _ in range(cfg.num_res_blocks + 1):
@@ -177,7 +184,18 @@ class UNet(nnx.Module):
     self.norm_out = nnx.GroupNorm(c, cfg.num_groups, rngs=rngs)
     self.conv_out = nnx.Conv(c, cfg.image_channels, (3, 3), kernel_init=_zeros, rngs=rngs)
 
-  def __call__(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None) -> Array:
+  def __call__(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None, *,
+               control: Sequence[Array] | None = None) -> Array:
+    """The prediction [B, H, W, C]; `control` (a ControlNet's output, `len(skip_channels) + 1`
+    residuals) is added to the skip features and to the middle block's output."""
+    h, hs, temb = self.encode(x_BHWC, t_B, labels_B)
+    return self.decode(h, hs, temb, control=control)
+
+  def encode(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None, *,
+             hint_BHWC: Array | None = None) -> tuple[Array, list[Array], Array]:
+    """The encoder half and the middle block: (h [B, h, w, C_mid], the skip features in push
+    order, the time(+label) embedding [B, 4·base]). `hint_BHWC` (shaped like conv_in's output)
+    is added after conv_in: ControlNet's condition enters its copy there (2302.05543 eq. 2)."""
     cfg = self.cfg
     factor = 2 ** (len(cfg.channel_mults) - 1)
     if (x_BHWC.ndim != 4 or x_BHWC.shape[-1] != cfg.image_channels
@@ -194,15 +212,32 @@ class UNet(nnx.Module):
       temb = temb + self.label_emb(labels_B)
 
     h = self.conv_in(x_BHWC)
+    if hint_BHWC is not None:
+      h = h + hint_BHWC
     hs = [h]
     for layer in self.down:
       h = layer(h, temb)
       hs.append(h)
     h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+    return h, hs, temb
+
+  def decode(self, h: Array, hs: list[Array], temb: Array, *,
+             control: Sequence[Array] | None = None) -> Array:
+    """The decoder half from `encode`'s outputs. `control`: residuals for each skip feature
+    (push order) and, last, the middle output: ControlNet's zero-convolution outputs, added to
+    the locked model's skip connections and middle block (sec. 3.2 and Fig. 3 of 2302.05543)."""
+    if self.up is None:
+      raise ValueError("this UNet was built encoder_only (a ControlNet copy); it has no decoder")
+    hs = list(hs)
+    if control is not None:
+      if len(control) != len(hs) + 1:
+        raise ValueError(f"control must hold {len(hs) + 1} residuals (one per skip feature and "
+                         f"one for the middle block), got {len(control)}")
+      hs = [a + b for a, b in zip(hs, control[:-1])]
+      h = h + control[-1]
     for layer in self.up:
       if isinstance(layer, Upsample):
         h = layer(h, temb)
       else:
         h = layer(jnp.concatenate([h, hs.pop()], axis=-1), temb)   # skip connection
     return self.conv_out(jax.nn.silu(self.norm_out(h)))
-
