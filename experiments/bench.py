@@ -111,6 +111,10 @@ BENCHES = {
     "flow_sample": "genfm.experiments.bench_flow:flow_sample",
     "dit_vs_unet": "genfm.experiments.bench_dit:dit_vs_unet",
     "cm_vs_ddim": "genfm.experiments.bench_consistency:cm_vs_ddim",
+    "autoencoder": "genfm.experiments.bench_autoencoder:autoencoder_throughput",
+    "latent_vs_pixel": "genfm.experiments.bench_ldm:latent_vs_pixel",
+    "text2image": "genfm.experiments.bench_t2i:text2image_bench",
+    "controlnet": "genfm.experiments.bench_controlnet:controlnet_bench",
 }
 
 

@@ -25,6 +25,10 @@ TASKS = {
     "clip": "genfm.experiments.tasks.clip:CLIPTask",
     "vlm": "genfm.experiments.tasks.vlm:VLMTask",
     "consistency": "genfm.experiments.tasks.consistency:ConsistencyTask",
+    "autoencoder": "genfm.experiments.tasks.autoencoder:AutoencoderTask",
+    "text2image": "genfm.experiments.tasks.text2image:Text2ImageTask",
+    "controlnet": "genfm.experiments.tasks.controlnet:ControlNetTask",
+    "personalize": "genfm.experiments.tasks.personalize:PersonalizeTask",
 }
 
 
