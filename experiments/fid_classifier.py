@@ -7,52 +7,26 @@ step: a classifier workdir that holds no finished run is trained there first fro
 `config.fid_classifier_config` (e.g. "fashion_lenet.py:smoke"), so a run needs one command.
 """
 
-import importlib
 import json
 import os
 
 import ml_collections
-from absl import logging
 from flax import nnx
 
 from genfm.diffusion import fashion_fid
-from genfm.experiments import data, train
+from genfm.experiments import data, prerequisite, train
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import get_task
-
-
-def _finished(workdir: str) -> bool:
-  try:
-    with open(os.path.join(workdir, "summary.json")) as f:
-      return bool(json.load(f).get("finished"))
-  except (OSError, ValueError):
-    return False
 
 
 def ensure(workdir: str, config_spec: str, dataset: str) -> None:
   """A finished classifier run of `dataset` in `workdir`, trained now from `config_spec`
   ("name.py[:variant]" under experiments/configs) if it has none; one-line errors otherwise."""
-  if not _finished(workdir):
-    if not config_spec:
-      hint = "fashion_lenet.py:smoke" if dataset == "digits" else "fashion_lenet.py"
-      raise ConfigError(
-          f"config.fid_classifier_workdir={workdir!r} holds no finished classifier run. Train "
-          f"one: `python -m genfm.experiments.run --config=experiments/configs/{hint} "
-          f"--workdir={workdir}`, or set --config.fid_classifier_config={hint} to train it "
-          "first automatically, or --config.fid_classifier_workdir='' to skip the FD")
-    name, _, variant = config_spec.partition(":")
-    try:
-      module = importlib.import_module(f"genfm.experiments.configs.{name.removesuffix('.py')}")
-      clf_config = module.get_config(variant) if variant else module.get_config()
-    except (ImportError, ValueError) as e:
-      raise ConfigError(f"config.fid_classifier_config={config_spec!r}: {e}") from None
-    logging.info("training the FID classifier %s into %s first (once)", config_spec, workdir)
-    train.train_and_evaluate(clf_config, workdir)
-  _, cfg = _read_config(workdir)
-  if cfg.get("task") != "classify" or cfg.get("dataset") != dataset:
-    raise ConfigError(f"config.fid_classifier_workdir={workdir!r} holds a "
-                      f"{cfg.get('task')!r} run on {cfg.get('dataset')!r}, not an image "
-                      f"classifier of {dataset!r}; point it at one")
+  prerequisite.ensure_run(
+      workdir, config_spec, key="config.fid_classifier_workdir",
+      spec_key="config.fid_classifier_config", task="classify", dataset=dataset,
+      hint="fashion_lenet.py:smoke" if dataset == "digits" else "fashion_lenet.py",
+      skip="--config.fid_classifier_workdir='' to skip the FD")
 
 
 def _read_config(workdir: str) -> tuple[str, dict]:

@@ -48,7 +48,7 @@ from genfm.diffusion import gaussian
 from genfm.diffusion import guidance
 from genfm.diffusion import samplers
 from genfm.diffusion.unet import UNet, UNetConfig
-from genfm.experiments import data, fid_classifier
+from genfm.experiments import data, fid_classifier, prerequisite
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
 from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, choice, like,
@@ -86,13 +86,18 @@ class DiffusionImageTask(Task):
     if not isinstance(pad, int) or pad < 0:
       raise ConfigError(f"config.pad must be a non-negative integer, got {pad!r}")
     h, w, c = info.image_shape
-    self.image_shape = (h + 2 * pad, w + 2 * pad, c)          # the network's input [H, W, C]
+    self.pixel_shape = (h + 2 * pad, w + 2 * pad, c)          # padded pixels [H, W, C]
+    self.latent = self._load_latent(config)                    # None: pixel-space diffusion
+    # The denoiser's input [H, W, C]: the autoencoder's latent shape in latent diffusion.
+    self.image_shape = self.pixel_shape if self.latent is None else tuple(self.latent.latent_shape)
+    self._latent_fns = {}
     self.model_kind = config.model.get("kind", "unet")
     choice("config.model.kind", self.model_kind, MODEL_KINDS)
     if self.model_kind == "unet":
       factor = 2 ** (len(config.model.channel_mults) - 1)
       if self.image_shape[0] % factor or self.image_shape[1] % factor:
-        raise ConfigError(f"padded images {self.image_shape[:2]} are not divisible by {factor} "
+        what = "padded images" if self.latent is None else "latents"
+        raise ConfigError(f"{what} {self.image_shape[:2]} are not divisible by {factor} "
                           f"(the U-Net's {len(config.model.channel_mults)} levels); change "
                           "config.pad or config.model.channel_mults")
     else:
@@ -117,6 +122,25 @@ class DiffusionImageTask(Task):
     if config.get("fid_classifier_workdir", ""):   # before the first step, not at the first eval
       fid_classifier.ensure(config.fid_classifier_workdir,
                             config.get("fid_classifier_config", ""), config.dataset)
+
+  def _load_latent(self, config):
+    """The frozen KL autoencoder of `config.latent_autoencoder_workdir` (latent diffusion,
+    2112.10752), or None for pixel space. Its data set and padding must be this run's."""
+    workdir = config.get("latent_autoencoder_workdir", "")
+    if not workdir:
+      return None
+    from genfm.experiments.tasks import autoencoder  # pylint: disable=g-import-not-at-top
+    prerequisite.ensure_run(
+        workdir, config.get("latent_autoencoder_config", ""),
+        key="config.latent_autoencoder_workdir", spec_key="config.latent_autoencoder_config",
+        task="autoencoder", dataset=config.dataset,
+        hint="fashion_kl_ae.py:smoke" if config.dataset == "digits" else "fashion_kl_ae.py")
+    ae = autoencoder.load_autoencoder(workdir)
+    if ae.dataset != config.dataset or ae.pad != config.get("pad", 0):
+      raise ConfigError(f"config.latent_autoencoder_workdir={workdir!r} holds an autoencoder of "
+                        f"{ae.dataset!r} with pad {ae.pad}; this run diffuses {config.dataset!r} "
+                        f"with pad {config.get('pad', 0)}: set the same data set and config.pad")
+    return ae
 
   @staticmethod
   def _check_flow(d) -> None:
@@ -151,7 +175,66 @@ class DiffusionImageTask(Task):
       raise ConfigError(f"config.model for the DiT: {e}") from None
 
   def train_source(self):
-    return self._train
+    return self.with_latents(self._train)
+
+  # --- latent diffusion: the frozen autoencoder's side (identity in pixel space) ----------------
+
+  def _latent_fn(self, name: str):
+    """jit((state, x) → encode / decode), the autoencoder's parameters passed as arguments."""
+    if name not in self._latent_fns:
+      graphdef, state = nnx.split(self.latent.model)
+
+      def encode(state, x_BHWC):
+        q = nnx.merge(graphdef, state).encode(x_BHWC)
+        return q.mean, q.logvar
+
+      def decode(state, z):
+        return nnx.merge(graphdef, state).decode(z)
+
+      fn = jax.jit(encode if name == "encode" else decode)
+      self._latent_fns[name] = lambda x: fn(state, x)
+    return self._latent_fns[name]
+
+  def with_latents(self, source, batch_size: int = 1000):
+    """`source` plus its images' posterior parameters "latent_mean" / "latent_logvar" [N, h, w,
+    c] under the frozen encoder, computed once here: the denoiser then trains on latents without
+    an encoder pass per step (the LDM trains on a fixed first stage, sec. 3 of 2112.10752).
+    Identity in pixel space."""
+    if self.latent is None:
+      return source
+    pad, images = self.config.get("pad", 0), source.arrays["image"]
+    encode, means, logvars = self._latent_fn("encode"), [], []
+    for i in range(0, len(images), batch_size):
+      mean, logvar = encode(to_model_input(jnp.asarray(images[i:i + batch_size]), pad))
+      means.append(np.asarray(mean))
+      logvars.append(np.asarray(logvar))
+    arrays = {**source.arrays, "latent_mean": np.concatenate(means),
+              "latent_logvar": np.concatenate(logvars)}
+    return data.ArraySource(arrays, source.info)
+
+  def model_input(self, batch: Batch, key: jax.Array | None) -> jax.Array:
+    """The denoiser's clean input x₀ of a batch: the padded pixels in [−1, 1]; in latent space
+    a posterior sample z = μ + σ ε (key None ⇒ the mean), times the measured scale factor
+    1/std so the diffusion sees unit-variance data (sec. 4.3.2 and App. G of 2112.10752)."""
+    if self.latent is None:
+      return to_model_input(batch["image"], self.config.get("pad", 0))
+    mean, logvar = batch["latent_mean"], batch["latent_logvar"]
+    z = mean
+    if key is not None:
+      z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(
+          key, mean.shape, jnp.float32, out_sharding=batch_sharding(mean, mean.ndim))
+    return self.latent.scale_factor * z
+
+  def to_pixels(self, x, batch_size: int = 500) -> np.ndarray:
+    """Denoiser-space samples → padded pixels in [−1, 1]-ish: decode(x / scale_factor) in latent
+    space, unchanged in pixel space."""
+    x = np.asarray(x)
+    if self.latent is None:
+      return x
+    decode = self._latent_fn("decode")
+    return np.concatenate([np.asarray(decode(jnp.asarray(x[i:i + batch_size])
+                                             / self.latent.scale_factor))
+                           for i in range(0, len(x), batch_size)])
 
   def eval_sources(self):
     """The first `eval.num_loss_images` test images (the held-out ε-loss; a U-Net pass on the
@@ -159,7 +242,8 @@ class DiffusionImageTask(Task):
     test = data.load(self.config.dataset, "test")
     n = min(self.config.eval.get("num_loss_images", len(test)), len(test))
     info = dataclasses.replace(test.info, num_examples=n)
-    return {"test": data.ArraySource({k: v[:n] for k, v in test.arrays.items()}, info)}
+    return {"test": self.with_latents(
+        data.ArraySource({k: v[:n] for k, v in test.arrays.items()}, info))}
 
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     if self.model_kind == "dit":
@@ -205,7 +289,9 @@ class DiffusionImageTask(Task):
                                      self.config.diffusion.prediction)
 
   def loss(self, model, batch: Batch, key: jax.Array):
-    x0_BHWC = to_model_input(batch["image"], self.config.get("pad", 0))
+    if self.latent is not None:    # pixel runs keep their exact key stream (and numbers)
+      key, z_key = jax.random.split(key)
+    x0_BHWC = self.model_input(batch, None if self.latent is None else z_key)
     t_B, z_BHWC, u_B = self.draw_noise(key, x0_BHWC)
     # Label dropout, Algorithm 1 of 2207.12598: c ← ∅ with probability p_uncond.
     labels_B = jnp.where(u_B < self.config.diffusion.p_uncond, self.num_classes,
@@ -214,7 +300,7 @@ class DiffusionImageTask(Task):
 
   def eval_metrics(self, model, batch: Batch):
     """Held-out conditional ε-loss with a fixed key (the same t and ε at every eval)."""
-    x0_BHWC = to_model_input(batch["image"], self.config.get("pad", 0))
+    x0_BHWC = self.model_input(batch, None)     # latent: the posterior mean (deterministic)
     mask_B = batch["mask"]
     t_B, z_BHWC, _ = self.draw_noise(jax.random.key(1234), x0_BHWC)
     loss_B = self.per_example_loss(model, x0_BHWC, batch["label"].astype(jnp.int32), t_B, z_BHWC)
@@ -275,10 +361,12 @@ class DiffusionImageTask(Task):
   def after_eval(self, model, workdir: str, step: int) -> dict[str, float]:
     d, n = self.config.diffusion, self.config.eval.num_samples
     fid = self.fid_evaluator()           # first: a missing classifier fails before sampling
-    samples = self.generate(model, n, d.sampler)
+    samples = self.to_pixels(self.generate(model, n, d.sampler))
     sampler = d.sampler if d.sampler == "ddpm" else f"{d.sampler}-{d.sample_steps}"
     if self.kind == "flow":
       sampler = f"flow ({d.path}) {sampler}"
+    if self.latent is not None:
+      sampler = f"latent {'×'.join(map(str, self.image_shape))} {sampler}"
     title = (f"{self.config.get('name', 'diffusion_image')} step {step}: {sampler}, "
              f"guidance s = {d.guidance_scale}")
     out = {}
