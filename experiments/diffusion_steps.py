@@ -112,7 +112,7 @@ def steps_table(task, model, config, workdir: str, step: int,
   rows = []
   for sampler, steps in settings:
     t0 = time.time()
-    samples = task.generate(model, n, sampler, None if sampler == "ddpm" else steps)
+    samples = task.to_pixels(task.generate(model, n, sampler, None if sampler == "ddpm" else steps))
     seconds = time.time() - t0
     fd = fid(samples)
     rows.append({"sampler": sampler, "steps": steps, "fd": fd, "fd_floor": fid.floor,
@@ -168,6 +168,9 @@ def write_outputs(workdir: str, rows: list[dict], config, step: int) -> None:
 
 def bits_per_dim(task, model, config, num_images: int, seed: int) -> dict:
   """ODE bits/dim of the first `num_images` test images (see the module docstring)."""
+  if task.latent is not None:
+    raise ValueError("bits/dim of a latent diffusion run would be of its latents, not of the "
+                     "pixels; pass --bpd_images=0")
   if config.diffusion.schedule != "linear" or config.diffusion.num_timesteps != 1000:
     raise ValueError("bits/dim reads the network as the VP SDE (β 0.1 → 20), which matches "
                      "only the linear schedule with T = 1000.")

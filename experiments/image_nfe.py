@@ -81,7 +81,7 @@ def draw(task, model, config, kw: dict) -> np.ndarray:
   n = config.eval.num_samples
   if config.task == "consistency":
     return task.cm_samples(model["student"], n, kw["sigmas"])
-  return task.generate(model, n, kw["sampler"], num_steps=kw["num_steps"])
+  return task.to_pixels(task.generate(model, n, kw["sampler"], num_steps=kw["num_steps"]))
 
 
 def table(runs: Sequence[str], nfes: Sequence[int], num_samples: int, out: str,

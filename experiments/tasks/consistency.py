@@ -129,6 +129,9 @@ class ConsistencyTask(DiffusionImageTask):
       if not s or any(b >= a for a, b in zip(s, s[1:])) or s[-1] <= cm.EPS or s[0] > c.sigma_max:
         raise ConfigError(f"config.cm.{name}={s} must decrease from at most σ_max = "
                           f"{c.sigma_max} and stay above ε = {cm.EPS} (NFE ≥ 1)")
+    if config.get("latent_autoencoder_workdir", ""):
+      raise ConfigError("the consistency task distils pixel-space teachers only; set "
+                        "--config.latent_autoencoder_workdir=''")
     check_teacher(config)
     super().__init__(config)
     self._teacher_fd = None
