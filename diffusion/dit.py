@@ -35,6 +35,18 @@ is `unet.timestep_embedding` ([sin, cos], ω_k = 10⁴^{−k/(d/2 − 1)}) rathe
 ω_k = 10⁴^{−k/(d/2)}; label dropout is the task's (as for the U-Net), not the embedder's.
 `attention_impl` picks the attention as in the GPT/ViT ("pallas" = the genfm.kernels flash
 kernel, interpreter on CPU).
+
+Text conditioning (`context_dim` set; PixArt-α, arXiv:2310.00426 sec. 2.3 and Fig. 3): each block
+gains a multi-head cross-attention between its self-attention and its MLP, queries from the
+image tokens and keys/values from the text encoder's per-token states (`context_BSD`, PAD keys
+masked by `context_mask_BS`), added to the residual stream without adaLN modulation or gate:
+
+    x ← x + α₁ ⊙ Attn(…);   x ← x + CrossAttn(x, c_text);   x ← x + α₂ ⊙ MLP(…)
+
+(`cross_attention.CrossAttention`, norm "none" as PixArt-α's `x + cross_attn(x, y, mask)`; its
+output projection zero-initialised as PixArt-α's, so the blocks stay the identity at init).
+PixArt-α keeps the class/time adaLN (shared across blocks); here the per-block adaLN and the
+label embedding are unchanged, so `context_dim` None gives exactly the DiT above.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genfm.diffusion import cross_attention
 from genfm.diffusion.unet import timestep_embedding
 from genfm.transformers import attention, ffn, vit
 
@@ -72,6 +85,7 @@ class DiTConfig:
   learn_sigma: bool = False  # C_out = 2C (ε and Σ, 2102.09672) instead of C
   attention_impl: str = "xla"
   freq_dim: int = 256        # width of the sinusoidal timestep features
+  context_dim: int | None = None   # width of the text states (cross-attention); None: no text
 
   def __post_init__(self):
     if self.patch_size < 1 or self.image_size % self.patch_size:
@@ -86,6 +100,9 @@ class DiTConfig:
                        f"{', '.join(ATTENTION_IMPLS)}")
     if self.freq_dim % 2 or self.freq_dim < 4:
       raise ValueError(f"DiT freq_dim must be even and ≥ 4, got {self.freq_dim}")
+    if self.context_dim is not None and self.context_dim < 1:
+      raise ValueError(f"DiT context_dim must be a positive width or None, got "
+                       f"{self.context_dim}")
 
   @property
   def grid(self) -> int:
@@ -128,7 +145,9 @@ def param_count(cfg: DiTConfig) -> int:
   ada = D * 6 * D + 6 * D                                         # (β₁, γ₁, α₁, β₂, γ₂, α₂)
   q_out = p * p * cfg.out_channels
   final = D * q_out + q_out + D * 2 * D + 2 * D                   # linear + its (β, γ)
-  return embed + temb + yemb + cfg.depth * (attn + mlp + ada) + final
+  xattn = (cross_attention.param_count(D, cfg.context_dim, "none") if cfg.context_dim
+           else 0)                                                # PixArt-α cross-attention
+  return embed + temb + yemb + cfg.depth * (attn + mlp + ada + xattn) + final
 
 
 @functools.cache  # one object per choice, so every model shares one jit cache entry
@@ -161,11 +180,18 @@ class DiTBlock(nnx.Module):
     self.mlp = ffn.GeluMLP(D, cfg.mlp_dim, use_bias=True, kernel_init=_xavier, rngs=rngs)
     # adaLN-Zero: the modulation regressor is zero-initialised, so α₁ = α₂ = 0 for every c.
     self.ada = nnx.Linear(D, 6 * D, kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
+    if cfg.context_dim is not None:   # only then: the class DiT keeps its exact state
+      self.cross_attn = cross_attention.CrossAttention(D, cfg.context_dim,
+                                                       num_heads=cfg.num_heads, norm="none",
+                                                       rngs=rngs)
 
-  def __call__(self, x_BTD: Array, c_BD: Array) -> Array:
+  def __call__(self, x_BTD: Array, c_BD: Array, context_BSD: Array | None = None,
+               context_mask_BS: Array | None = None) -> Array:
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.ada(jax.nn.silu(c_BD)), 6, -1)
     h_BTD = self.attn(modulate(self.norm1(x_BTD), shift1, scale1), is_causal=False)
     x_BTD = x_BTD + gate1[:, None, :] * h_BTD
+    if context_BSD is not None:       # x + CrossAttn(x, text), PixArt-α (2310.00426 Fig. 3)
+      x_BTD = self.cross_attn(x_BTD, context_BSD, context_mask_BS)
     h_BTD = self.mlp(modulate(self.norm2(x_BTD), shift2, scale2))
     return x_BTD + gate2[:, None, :] * h_BTD
 
@@ -211,7 +237,10 @@ class DiT(nnx.Module):
       c_BD = c_BD + self.label_emb(labels_B)
     return c_BD
 
-  def __call__(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None) -> Array:
+  def __call__(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None, *,
+               context_BSD: Array | None = None, context_mask_BS: Array | None = None) -> Array:
+    """`context_BSD` [B, S, context_dim] and its mask [B, S] (True = real token): the text the
+    cross-attention reads; required exactly when the DiT has `context_dim`."""
     cfg = self.cfg
     want = (cfg.image_size, cfg.image_size, cfg.in_channels)
     if x_BHWC.ndim != 4 or tuple(x_BHWC.shape[1:]) != want:
@@ -219,11 +248,20 @@ class DiT(nnx.Module):
                        f"{tuple(x_BHWC.shape)}")
     if labels_B is not None and self.label_emb is None:
       raise ValueError("labels given to an unconditional DiT (num_classes=None).")
+    B = x_BHWC.shape[0]
+    if cfg.context_dim is None and (context_BSD is not None or context_mask_BS is not None):
+      raise ValueError("context given to a DiT without cross-attention (context_dim=None)")
+    if cfg.context_dim is not None and (
+        context_BSD is None or context_BSD.ndim != 3 or context_BSD.shape[0] != B
+        or context_BSD.shape[2] != cfg.context_dim):
+      got = None if context_BSD is None else tuple(context_BSD.shape)
+      raise ValueError(f"this DiT reads text: context_BSD must be [B={B}, S, "
+                       f"{cfg.context_dim}], got {got}")
     c_BD = self.condition(x_BHWC, t_B, labels_B)
     x_BTD = self.embed(vit.patchify(x_BHWC, cfg.patch_size))
     x_BTD = x_BTD + jnp.asarray(vit.sincos_2d(cfg.grid, cfg.grid, cfg.hidden))[None]
     for blk in self.blocks:
-      x_BTD = blk(x_BTD, c_BD)
+      x_BTD = blk(x_BTD, c_BD, context_BSD, context_mask_BS)
     out_BTQ = self.final(x_BTD, c_BD)
     return vit.unpatchify(out_BTQ, cfg.patch_size, cfg.image_size, cfg.image_size,
                           cfg.out_channels)

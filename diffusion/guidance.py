@@ -61,3 +61,62 @@ def guided_model(apply_fn: CondFn | None, labels_B: jax.Array | None, null_label
     return combine(cond, uncond, scale)
 
   return model_fn
+
+
+# apply_fn(x [B, ...], t [B], context [B, S, D], mask [B, S] | None) → prediction shaped like x.
+ContextFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+
+def _full_batch(a: jax.Array | None, B: int, what: str) -> jax.Array | None:
+  """`a` with batch B: a batch of 1 (one prompt for every sample) is broadcast."""
+  if a is None:
+    return None
+  a = jnp.asarray(a)
+  if a.shape[0] not in (1, B):
+    raise ValueError(f"{what} has batch {a.shape[0]}; expected {B} (one per sample) or 1")
+  return jnp.broadcast_to(a, (B,) + a.shape[1:])
+
+
+def guided_context_model(apply_fn: ContextFn, context_BSD: jax.Array, mask_BS: jax.Array | None,
+                         uncond_context_BSD: jax.Array, uncond_mask_BS: jax.Array | None,
+                         scale: float | jax.Array = 1.0
+                         ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """model_fn(x, t) for the samplers: classifier-free guidance on text (eq. 6 of 2207.12598),
+
+      ε̃ = s · ε(x, t, τ(prompt)) + (1 − s) · ε(x, t, τ(u)),
+
+  where u is the empty prompt (plain CFG: the model trained with prompt dropout to the empty
+  prompt) or a NEGATIVE prompt — the same formula with the unconditional branch conditioned on
+  the text to steer away from. So a negative prompt equal to the empty prompt is plain CFG,
+  bit for bit. Contexts (and masks, True = real token) are [B, S, D] / [B, S]; a batch of 1 is
+  broadcast to every sample; both sides must share S (pad to the same text length). Both
+  passes run as one batch of 2B; with a Python scale of exactly 1.0 only the prompt's pass runs.
+  """
+  if uncond_context_BSD is None:
+    raise ValueError("text guidance needs the unconditional context: the empty prompt's states "
+                     "(or a negative prompt's)")
+  if jnp.ndim(context_BSD) != 3 or jnp.ndim(uncond_context_BSD) != 3:
+    raise ValueError(f"contexts must be [B, S, D], got {jnp.shape(context_BSD)} and "
+                     f"{jnp.shape(uncond_context_BSD)}")
+  if jnp.shape(context_BSD)[1:] != jnp.shape(uncond_context_BSD)[1:]:
+    raise ValueError(f"prompt context {jnp.shape(context_BSD)} and unconditional context "
+                     f"{jnp.shape(uncond_context_BSD)} differ in [S, D]; encode both at the "
+                     "same text length")
+  if (mask_BS is None) != (uncond_mask_BS is None):
+    raise ValueError("give masks for both contexts or for neither")
+
+  def model_fn(x: jax.Array, t_B: jax.Array) -> jax.Array:
+    B = x.shape[0]
+    ctx = _full_batch(context_BSD, B, "the prompt context")
+    mask = _full_batch(mask_BS, B, "the prompt mask")
+    if isinstance(scale, (int, float)) and scale == 1.0:
+      return apply_fn(x, t_B, ctx, mask)
+    un_ctx = _full_batch(uncond_context_BSD, B, "the unconditional context")
+    un_mask = _full_batch(uncond_mask_BS, B, "the unconditional mask")
+    both = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t_B, t_B]),
+                    jnp.concatenate([ctx, un_ctx]),
+                    None if mask is None else jnp.concatenate([mask, un_mask]))
+    cond, uncond = jnp.split(both, 2)
+    return combine(cond, uncond, scale)     # eq. (6): (1 + w) ε(c) − w ε(u), s = 1 + w
+
+  return model_fn

@@ -7,6 +7,14 @@ with the class embedding added to the time embedding as in Dhariwal & Nichol 202
 arXiv:2105.05233. Label index `num_classes` is the "null" label used for classifier-free
 guidance (guidance.py, arXiv:2207.12598). The last conv of every residual branch and of the
 output is zero-initialised (as in the DDPM code), so each block starts as the identity.
+
+Text conditioning (`context_dim` set; latent diffusion, arXiv:2112.10752 sec. 3.3): a
+cross-attention block (`cross_attention.CrossAttention`, eq. (3): queries from the image
+features, keys/values from the text encoder's per-token states `context_BSD`, PAD keys masked
+by `context_mask_BS`) after the ResBlock (and its self-attention) of every level whose size is in
+`cross_attn_resolutions`, and after the middle block's self-attention. Their output projections
+are zero-initialised, so at init the text-conditioned U-Net computes exactly the unconditioned
+one. With `context_dim` None nothing is added: the same parameters, paths and outputs as before.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from genfm.diffusion.cross_attention import CrossAttention
 
 Array = jax.Array
 _zeros = nnx.initializers.zeros_init()
@@ -83,19 +93,26 @@ class AttnBlock(nnx.Module):
 
 
 class ResAttn(nnx.Module):
-  """A ResBlock followed by self-attention when the resolution asks for it."""
+  """A ResBlock followed by self-attention, then cross-attention to the text, when the
+  resolution asks for them (`context_dim` None: no cross-attention slot at all)."""
 
   def __init__(self, c_in: int, c_out: int, temb_dim: int, *, attn: bool, num_heads: int,
-               num_groups: int, dropout: float, rngs: nnx.Rngs):
+               num_groups: int, dropout: float, rngs: nnx.Rngs, context_dim: int | None = None):
     self.res = ResBlock(c_in, c_out, temb_dim, num_groups=num_groups, dropout=dropout,
                         rngs=rngs)
     self.attn = (AttnBlock(c_out, num_heads=num_heads, num_groups=num_groups, rngs=rngs)
                  if attn else None)
+    if context_dim is not None:     # only then: the unconditioned U-Net keeps its exact state
+      self.xattn = CrossAttention(c_out, context_dim, num_heads=num_heads,
+                                  num_groups=num_groups, rngs=rngs)
     self.out_channels = c_out
 
-  def __call__(self, x_BHWC: Array, temb_BD: Array) -> Array:
+  def __call__(self, x_BHWC: Array, temb_BD: Array, context_BSD: Array | None = None,
+               context_mask_BS: Array | None = None) -> Array:
     h = self.res(x_BHWC, temb_BD)
-    return self.attn(h) if self.attn is not None else h
+    h = self.attn(h) if self.attn is not None else h
+    xattn = getattr(self, "xattn", None)
+    return xattn(h, context_BSD, context_mask_BS) if xattn is not None else h
 
 
 class Downsample(nnx.Module):
@@ -134,6 +151,15 @@ class UNetConfig:
   dropout: float = 0.0
   num_classes: int | None = None            # None: unconditional
   image_size: int = 32
+  context_dim: int | None = None            # width of the text states; None: no text
+  cross_attn_resolutions: tuple[int, ...] = ()   # sizes (H) with cross-attention (+ the middle)
+
+  def __post_init__(self):
+    if self.context_dim is None and self.cross_attn_resolutions:
+      raise ValueError(f"cross_attn_resolutions={self.cross_attn_resolutions} needs the text "
+                       "width: set context_dim")
+    if self.context_dim is not None and self.context_dim < 1:
+      raise ValueError(f"context_dim must be a positive width or None, got {self.context_dim}")
 
 
 class UNet(nnx.Module):
@@ -150,11 +176,14 @@ class UNet(nnx.Module):
     self.conv_in = nnx.Conv(cfg.image_channels, ch, (3, 3), rngs=rngs)
     blk = dict(num_heads=cfg.num_heads, num_groups=cfg.num_groups, dropout=cfg.dropout,
                rngs=rngs)
+    xres = lambda res: dict(context_dim=cfg.context_dim if res in cfg.cross_attn_resolutions
+                            else None)
     skips, res, c = [ch], cfg.image_size, ch        # skip channels pushed on the way down
     down = []
     for level, mult in enumerate(cfg.channel_mults):
       for _ in range(cfg.num_res_blocks):
-        down.append(ResAttn(c, mult * ch, temb, attn=res in cfg.attn_resolutions, **blk))
+        down.append(ResAttn(c, mult * ch, temb, attn=res in cfg.attn_resolutions, **blk,
+                            **xres(res)))
         c = mult * ch
         skips.append(c)
       if level != len(cfg.channel_mults) - 1:
@@ -164,6 +193,9 @@ class UNet(nnx.Module):
     self.down = nnx.List(down)
     self.mid1 = ResBlock(c, c, temb, num_groups=cfg.num_groups, dropout=cfg.dropout, rngs=rngs)
     self.mid_attn = AttnBlock(c, num_heads=cfg.num_heads, num_groups=cfg.num_groups, rngs=rngs)
+    if cfg.context_dim is not None:    # the middle block always reads the text
+      self.mid_xattn = CrossAttention(c, cfg.context_dim, num_heads=cfg.num_heads,
+                                      num_groups=cfg.num_groups, rngs=rngs)
     self.mid2 = ResBlock(c, c, temb, num_groups=cfg.num_groups, dropout=cfg.dropout, rngs=rngs)
     # The skip channels the decoder reads, in push order (a ControlNet adds one residual to each).
     self.skip_channels = tuple(skips)
@@ -175,7 +207,7 @@ class UNet(nnx.Module):
     for level, mult in reversed(list(enumerate(cfg.channel_mults))):
       for _ in range(cfg.num_res_blocks + 1):
         up.append(ResAttn(c + skips.pop(), mult * ch, temb, attn=res in cfg.attn_resolutions,
-                          **blk))
+                          **blk, **xres(res)))
         c = mult * ch
       if level != 0:
         up.append(Upsample(c, rngs=rngs))
@@ -185,17 +217,38 @@ class UNet(nnx.Module):
     self.conv_out = nnx.Conv(c, cfg.image_channels, (3, 3), kernel_init=_zeros, rngs=rngs)
 
   def __call__(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None, *,
+               context_BSD: Array | None = None, context_mask_BS: Array | None = None,
                control: Sequence[Array] | None = None) -> Array:
     """The prediction [B, H, W, C]; `control` (a ControlNet's output, `len(skip_channels) + 1`
-    residuals) is added to the skip features and to the middle block's output."""
-    h, hs, temb = self.encode(x_BHWC, t_B, labels_B)
-    return self.decode(h, hs, temb, control=control)
+    residuals) is added to the skip features and to the middle block's output. `context_BSD`
+    [B, S, context_dim] (and its mask [B, S], True = real token) is the text the
+    cross-attention blocks read; required exactly when the U-Net has `context_dim`."""
+    ctx = dict(context_BSD=context_BSD, context_mask_BS=context_mask_BS)
+    h, hs, temb = self.encode(x_BHWC, t_B, labels_B, **ctx)
+    return self.decode(h, hs, temb, control=control, **ctx)
+
+  def _check_context(self, B: int, context_BSD: Array | None,
+                     context_mask_BS: Array | None) -> None:
+    cfg = self.cfg
+    if cfg.context_dim is None:
+      if context_BSD is not None or context_mask_BS is not None:
+        raise ValueError("context given to a UNet without cross-attention (context_dim=None)")
+      return
+    if context_BSD is None:
+      raise ValueError(f"this UNet reads text (context_dim={cfg.context_dim}): pass "
+                       "context_BSD (the empty prompt's states for the unconditional model)")
+    if (context_BSD.ndim != 3 or context_BSD.shape[0] != B
+        or context_BSD.shape[2] != cfg.context_dim):
+      raise ValueError(f"context_BSD must be [B={B}, S, {cfg.context_dim}], got "
+                       f"{tuple(context_BSD.shape)}")
 
   def encode(self, x_BHWC: Array, t_B: Array, labels_B: Array | None = None, *,
+             context_BSD: Array | None = None, context_mask_BS: Array | None = None,
              hint_BHWC: Array | None = None) -> tuple[Array, list[Array], Array]:
     """The encoder half and the middle block: (h [B, h, w, C_mid], the skip features in push
     order, the time(+label) embedding [B, 4·base]). `hint_BHWC` (shaped like conv_in's output)
-    is added after conv_in: ControlNet's condition enters its copy there (2302.05543 eq. 2)."""
+    is added after conv_in: ControlNet's condition enters its copy there (2302.05543 eq. 2).
+    `context_BSD` / `context_mask_BS`: the text, as in `__call__`."""
     cfg = self.cfg
     factor = 2 ** (len(cfg.channel_mults) - 1)
     if (x_BHWC.ndim != 4 or x_BHWC.shape[-1] != cfg.image_channels
@@ -204,6 +257,7 @@ class UNet(nnx.Module):
                        f"{factor}, got {x_BHWC.shape}.")
     if labels_B is not None and self.label_emb is None:
       raise ValueError("labels given to an unconditional UNet (num_classes=None).")
+    self._check_context(x_BHWC.shape[0], context_BSD, context_mask_BS)
     t_B = jnp.broadcast_to(t_B, x_BHWC.shape[:1])
     temb = self.temb2(jax.nn.silu(self.temb1(timestep_embedding(t_B, cfg.base_channels))))
     if self.label_emb is not None:
@@ -215,19 +269,27 @@ class UNet(nnx.Module):
     if hint_BHWC is not None:
       h = h + hint_BHWC
     hs = [h]
+    ctx = (context_BSD, context_mask_BS)
     for layer in self.down:
-      h = layer(h, temb)
+      h = layer(h, temb, *ctx) if isinstance(layer, ResAttn) else layer(h, temb)
       hs.append(h)
-    h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+    h = self.mid_attn(self.mid1(h, temb))
+    if cfg.context_dim is not None:
+      h = self.mid_xattn(h, *ctx)
+    h = self.mid2(h, temb)
     return h, hs, temb
 
   def decode(self, h: Array, hs: list[Array], temb: Array, *,
+             context_BSD: Array | None = None, context_mask_BS: Array | None = None,
              control: Sequence[Array] | None = None) -> Array:
     """The decoder half from `encode`'s outputs. `control`: residuals for each skip feature
     (push order) and, last, the middle output: ControlNet's zero-convolution outputs, added to
-    the locked model's skip connections and middle block (sec. 3.2 and Fig. 3 of 2302.05543)."""
+    the locked model's skip connections and middle block (sec. 3.2 and Fig. 3 of 2302.05543).
+    `context_BSD` / `context_mask_BS`: the text, as in `__call__`."""
     if self.up is None:
       raise ValueError("this UNet was built encoder_only (a ControlNet copy); it has no decoder")
+    self._check_context(h.shape[0], context_BSD, context_mask_BS)
+    ctx = (context_BSD, context_mask_BS)
     hs = list(hs)
     if control is not None:
       if len(control) != len(hs) + 1:
@@ -239,5 +301,5 @@ class UNet(nnx.Module):
       if isinstance(layer, Upsample):
         h = layer(h, temb)
       else:
-        h = layer(jnp.concatenate([h, hs.pop()], axis=-1), temb)   # skip connection
+        h = layer(jnp.concatenate([h, hs.pop()], axis=-1), temb, *ctx)   # skip connection
     return self.conv_out(jax.nn.silu(self.norm_out(h)))

@@ -26,7 +26,7 @@ def ensure(workdir: str, config_spec: str, dataset: str) -> None:
       workdir, config_spec, key="config.fid_classifier_workdir",
       spec_key="config.fid_classifier_config", task="classify", dataset=dataset,
       hint="fashion_lenet.py:smoke" if dataset == "digits" else "fashion_lenet.py",
-      skip="--config.fid_classifier_workdir='' to skip the FD")
+      skip="--config.fid_classifier_workdir='' to skip the FD", what="FID classifier")
 
 
 def _read_config(workdir: str) -> tuple[str, dict]:

@@ -36,10 +36,10 @@ def read_config(workdir: str) -> dict:
 
 
 def ensure_run(workdir: str, config_spec: str, *, key: str, spec_key: str, task: str,
-               dataset: str, hint: str, skip: str = "") -> None:
+               dataset: str, hint: str, skip: str = "", what: str = "") -> None:
   """A finished `task` run on `dataset` in `workdir` (the value of config field `key`), trained
   now from `config_spec` (config field `spec_key`) if it has none; `hint` is the config to
-  suggest, `skip` how to do without it. Every failure is one ConfigError line."""
+  suggest, `skip` how to do without it, `what` its name in the log (default: the task). Every failure is one ConfigError line."""
   if not finished(workdir):
     if not config_spec:
       raise ConfigError(
@@ -53,7 +53,8 @@ def ensure_run(workdir: str, config_spec: str, *, key: str, spec_key: str, task:
       config = module.get_config(variant) if variant else module.get_config()
     except (ImportError, ValueError) as e:
       raise ConfigError(f"{spec_key}={config_spec!r}: {e}") from None
-    logging.info("training the %s run %s into %s first (once)", task, config_spec, workdir)
+    logging.info("training the %s %s into %s first (once)", what or f"{task} run", config_spec,
+                 workdir)
     train.train_and_evaluate(config, workdir)
   cfg = read_config(workdir)
   if cfg.get("task") != task or cfg.get("dataset") != dataset:

@@ -133,7 +133,7 @@ class DiffusionImageTask(Task):
     prerequisite.ensure_run(
         workdir, config.get("latent_autoencoder_config", ""),
         key="config.latent_autoencoder_workdir", spec_key="config.latent_autoencoder_config",
-        task="autoencoder", dataset=config.dataset,
+        task="autoencoder", dataset=config.dataset, what="latent autoencoder",
         hint="fashion_kl_ae.py:smoke" if config.dataset == "digits" else "fashion_kl_ae.py")
     ae = autoencoder.load_autoencoder(workdir)
     if ae.dataset != config.dataset or ae.pad != config.get("pad", 0):

@@ -2,6 +2,7 @@
 counts against the hand formula and the paper's table, an independent NumPy forward, the null
 label, the flash-attention switch, and bad input."""
 
+import dataclasses
 import math
 
 import jax
@@ -223,3 +224,55 @@ def test_wrong_input_shape_is_one_line():
   with pytest.raises(ValueError, match="unconditional DiT"):
     dit.DiT(tiny(num_classes=None), rngs=nnx.Rngs(0))(jnp.zeros((2, 8, 8, 3)), jnp.zeros(2),
                                                        jnp.zeros(2, jnp.int32))
+
+
+# --- text conditioning: PixArt-α cross-attention after self-attention (2310.00426) -------------
+
+
+def test_text_dit_param_count_by_hand():
+  """Per block: W_Q D², W_K and W_V C·D (no biases), W_O D² + D, no norm (PixArt-α's)."""
+  for cfg in (tiny(context_dim=12), tiny(num_classes=None, context_dim=5, depth=3)):
+    plain = dataclasses.replace(cfg, context_dim=None)
+    shapes = nnx.state(nnx.eval_shape(lambda: dit.DiT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    n = sum(x.size for x in jax.tree.leaves(shapes))
+    D, C = cfg.hidden, cfg.context_dim
+    assert n == dit.param_count(cfg) == dit.param_count(plain) + cfg.depth * (
+        2 * D * D + 2 * C * D + D)
+
+
+def test_text_dit_blocks_are_the_identity_at_init_and_the_text_reaches_after():
+  cfg = tiny(num_classes=None, context_dim=6)
+  model = dit.DiT(cfg, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+  rng = np.random.default_rng(1)
+  x, t, _ = inputs(tiny(), B=2)
+  ctx = jnp.asarray(rng.normal(size=(2, 4, 6)), jnp.float32)
+  mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  x_BTD = jnp.asarray(rng.normal(size=(2, cfg.num_patches, cfg.hidden)), jnp.float32)
+  c_BD = jnp.asarray(rng.normal(size=(2, cfg.hidden)), jnp.float32)
+  blk_run = nnx.jit(lambda blk, x, c, ctx, m: blk(x, c, ctx, m))
+  for blk in model.blocks:
+    np.testing.assert_array_equal(np.asarray(blk_run(blk, x_BTD, c_BD, ctx, mask)),
+                                  np.asarray(x_BTD))
+  run = nnx.jit(lambda m, x, t, ctx, mask: m(x, t, context_BSD=ctx, context_mask_BS=mask))
+  perturb(model)
+  ctx_b = ctx.at[1].set(jnp.asarray(rng.normal(size=(4, 6)), jnp.float32))
+  a, b = np.asarray(run(model, x, t, ctx, mask)), np.asarray(run(model, x, t, ctx_b, mask))
+  np.testing.assert_array_equal(a[0], b[0])              # row 0's text unchanged
+  assert np.abs(a[1] - b[1]).max() > 1e-3                # row 1's text reaches its output
+  junk = jnp.where(mask[..., None], ctx, 50.0)           # PAD states do not matter
+  np.testing.assert_array_equal(np.asarray(run(model, x, t, junk, mask)), a)
+
+
+def test_text_dit_bad_input_is_one_line():
+  text = nnx.eval_shape(lambda: dit.DiT(tiny(context_dim=6), rngs=nnx.Rngs(0)))
+  plain = nnx.eval_shape(lambda: dit.DiT(tiny(), rngs=nnx.Rngs(0)))
+  x, t = jnp.zeros((2, 8, 8, 3)), jnp.zeros(2)
+  for call, match in [(lambda: plain(x, t, context_BSD=jnp.zeros((2, 4, 6))),
+                       "without cross-attention"),
+                      (lambda: text(x, t), r"context_BSD must be \[B=2, S, 6\], got None"),
+                      (lambda: text(x, t, context_BSD=jnp.zeros((2, 4, 5))), r"got \(2, 4, 5\)")]:
+    with pytest.raises(ValueError, match=match) as e:
+      jax.eval_shape(call)
+    assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="context_dim must be a positive width"):
+    tiny(context_dim=0)

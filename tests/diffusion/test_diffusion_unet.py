@@ -6,6 +6,8 @@ building even a tiny U-Net cost ~10 s. Property tests therefore build it abstrac
 tested on single blocks.
 """
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -144,3 +146,85 @@ def test_bad_input():
                                   jnp.zeros((1,), jnp.int32)))
   with pytest.raises(ValueError, match="divisible by num_heads"):
     nnx.eval_shape(lambda: unet.AttnBlock(8, num_heads=3, num_groups=4, rngs=nnx.Rngs(0)))
+
+
+# --- text conditioning: cross-attention (2112.10752 sec. 3.3) -----------------------------------
+
+TEXT = dataclasses.replace(TINY, num_classes=None, context_dim=6, cross_attn_resolutions=(8,))
+PLAIN = dataclasses.replace(TINY, num_classes=None)
+
+
+def test_text_unet_adds_exactly_the_cross_attention_blocks():
+  """context_dim None leaves the U-Net as it was (TINY's count is the golden above); with text,
+  the extra parameters are the cross-attention blocks at 8×8 (one down, two up, 8 channels) and
+  in the middle (16 channels), each W_Q D², W_K, W_V C·D, W_O D² + D, GroupNorm 2D."""
+  text = nnx.eval_shape(lambda: unet.UNet(TEXT, rngs=nnx.Rngs(0)))
+  plain = nnx.eval_shape(lambda: unet.UNet(PLAIN, rngs=nnx.Rngs(0)))
+  xa = lambda D, C=6: D * D + 2 * C * D + D * D + D + 2 * D
+  assert n_params(text) == n_params(plain) + 3 * xa(8) + xa(16)
+  paths = lambda m: {p for p, _ in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  extra = paths(text) - paths(plain)
+  assert paths(plain) <= paths(text)                      # every old path kept, same place
+  assert {p[:2] if p[0] != "mid_xattn" else p[:1] for p in extra} == {
+      ("down", 0), ("up", 3), ("up", 4), ("mid_xattn",)}
+
+
+def _copy_shared(src, dst):
+  """dst's parameters set to src's at the same paths."""
+  src_flat = dict(nnx.to_flat_state(nnx.state(src, nnx.Param)))
+  dst_flat = nnx.to_flat_state(nnx.state(dst, nnx.Param))
+  nnx.update(dst, nnx.from_flat_state([(p, src_flat[p]) for p, _ in dst_flat]))
+
+
+@pytest.mark.slow   # ~15 s CPU: one compile of several U-Net passes
+def test_text_unet_is_the_plain_unet_at_zero_out_proj_and_reads_the_text_after():
+  text = materialize(lambda: unet.UNet(TEXT, rngs=nnx.Rngs(0)))
+  plain = materialize(lambda: unet.UNet(PLAIN, rngs=nnx.Rngs(0)))
+  _copy_shared(text, plain)
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  t = jnp.array([10, 700])
+  ctx = jnp.asarray(rng.normal(size=(2, 4, 6)), jnp.float32)
+  mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]], bool)           # two prompt lengths
+  ctx_b = ctx.at[1].set(jnp.asarray(rng.normal(size=(4, 6)), jnp.float32))
+  ctx_long = jnp.concatenate([ctx, jnp.asarray(rng.normal(size=(2, 3, 6)), jnp.float32)], 1)
+  mask_long = jnp.pad(mask, ((0, 0), (0, 3)))
+
+  @nnx.jit
+  def run(text, plain):
+    h, hs, temb = text.encode(x, t, context_BSD=ctx, context_mask_BS=mask)
+    return dict(out=text(x, t, context_BSD=ctx, context_mask_BS=mask),
+                split=text.decode(h, hs, temb, context_BSD=ctx, context_mask_BS=mask),
+                other=text(x, t, context_BSD=ctx_b, context_mask_BS=mask),
+                longer=text(x, t, context_BSD=ctx_long, context_mask_BS=mask_long),
+                plain=plain(x, t))
+
+  for _, m in nnx.iter_graph(text):           # zero every cross-attention output projection
+    if isinstance(m, unet.CrossAttention):
+      m.out.kernel[...] = jnp.zeros_like(m.out.kernel[...])
+      m.out.bias[...] = jnp.zeros_like(m.out.bias[...])
+  r = run(text, plain)
+  np.testing.assert_array_equal(r["out"], r["plain"])       # identity blocks: the plain U-Net
+  np.testing.assert_array_equal(r["other"], r["out"])       # … whatever the text
+  text2 = materialize(lambda: unet.UNet(TEXT, rngs=nnx.Rngs(0)))   # nonzero out-proj
+  r = run(text2, plain)
+  np.testing.assert_array_equal(r["split"], r["out"])       # __call__ = decode ∘ encode
+  np.testing.assert_allclose(r["other"][0], r["out"][0], atol=1e-5)   # row 0's text unchanged
+  assert np.abs(np.asarray(r["other"][1] - r["out"][1])).max() > 1e-3   # row 1's text reaches
+  np.testing.assert_allclose(r["longer"], r["out"], atol=1e-5)  # extra PAD slots change nothing
+  assert np.abs(np.asarray(r["out"] - r["plain"])).max() > 1e-3
+
+
+def test_text_unet_bad_input():
+  text = nnx.eval_shape(lambda: unet.UNet(TEXT, rngs=nnx.Rngs(0)))
+  plain = nnx.eval_shape(lambda: unet.UNet(PLAIN, rngs=nnx.Rngs(0)))
+  x, t, ctx = jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,)), jnp.zeros((2, 4, 6))
+  for call, match in [(lambda: plain(x, t, context_BSD=ctx), "without cross-attention"),
+                      (lambda: text(x, t), r"reads text \(context_dim=6\)"),
+                      (lambda: text(x, t, context_BSD=ctx[..., :5]), r"\[B=2, S, 6\]"),
+                      (lambda: text(x, t, context_BSD=ctx[:1]), r"\[B=2, S, 6\]")]:
+    with pytest.raises(ValueError, match=match) as e:
+      jax.eval_shape(call)
+    assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="set context_dim"):
+    unet.UNetConfig(cross_attn_resolutions=(8,))
