@@ -229,11 +229,16 @@ class GPT(nnx.Module):
   def hidden_states(self, tokens_BT: Array, *, positions_BT: Array | None = None,
                     segment_ids_BT: Array | None = None, prefix_embeds_BPD: Array | None = None,
                     bidirectional_len_B: Array | None = None,
-                    media_BMD: Array | None = None) -> Array:
+                    media_BMD: Array | None = None,
+                    input_embeds_BTD: Array | None = None) -> Array:
     """The final (normed) residual stream [B, T, D] that the LM head reads: what a reward or
-    value head (`transformers/reward_model.py`) reads too. Arguments as in `__call__`."""
+    value head (`transformers/reward_model.py`) reads too. Arguments as in `__call__`.
+
+    `input_embeds_BTD` [B, T, D] replaces the token embeddings `embed(tokens_BT)` (the tokens
+    still give the shape and positions): textual inversion's learned word embedding
+    (2208.01618) substituted at its placeholder's positions."""
     return self._trunk(tokens_BT, positions_BT, segment_ids_BT, None, prefix_embeds_BPD,
-                       bidirectional_len_B, media_BMD)[0]
+                       bidirectional_len_B, media_BMD, input_embeds_BTD=input_embeds_BTD)[0]
 
   def _check_vl(self, B, T, prefix_embeds_BPD, bidirectional_len_B, media_BMD, segment_ids_BT,
                 caches) -> int:
@@ -269,13 +274,16 @@ class GPT(nnx.Module):
     return P
 
   def _trunk(self, tokens_BT, positions_BT, segment_ids_BT, caches, prefix_embeds_BPD=None,
-             bidirectional_len_B=None, media_BMD=None):
+             bidirectional_len_B=None, media_BMD=None, *, input_embeds_BTD=None):
     """(hidden [B, T, D] after the final norm, new caches, summed MoE losses)."""
     cfg = self.cfg
     if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
       raise ValueError(
           f"tokens must be an integer array [B, T], got {tokens_BT.dtype}{tokens_BT.shape}")
     B, T = tokens_BT.shape
+    if input_embeds_BTD is not None and tuple(jnp.shape(input_embeds_BTD)) != (B, T, cfg.d_model):
+      raise ValueError(f"input_embeds_BTD must be [B={B}, T={T}, D={cfg.d_model}] like the "
+                       f"tokens, got {list(jnp.shape(input_embeds_BTD))}")
     P_img = self._check_vl(B, T, prefix_embeds_BPD, bidirectional_len_B, media_BMD,
                            segment_ids_BT, caches)
     P = self.num_virtual_tokens + P_img
@@ -293,7 +301,8 @@ class GPT(nnx.Module):
         raise ValueError("decoding with caches needs explicit positions_BT")
       positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     positions_BT = positions_BT + P
-    x_BTD = self.embed(tokens_BT)
+    x_BTD = (self.embed(tokens_BT) if input_embeds_BTD is None else
+             input_embeds_BTD.astype(cfg.compute_dtype))
     if self.soft_prompt is not None:  # [prompt; tokens]: the prompt takes positions 0..P-1
       x_BTD = jnp.concatenate([self.soft_prompt(B).astype(x_BTD.dtype), x_BTD], axis=1)
       positions_BT = jnp.concatenate(

@@ -26,7 +26,10 @@ SMOKE_FD_BOUND = 100.0
 @pytest.fixture(scope="module")
 def ae_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ae_smoke"))
-  train.train_and_evaluate(fashion_kl_ae.get_config("smoke"), workdir)
+  cfg = fashion_kl_ae.get_config("smoke")       # a third of its steps: any trained AE will do
+  cfg.num_train_steps = cfg.eval_every_steps = cfg.checkpoint_every_steps = 100
+  cfg.eval.latent_stats_images = 1500
+  train.train_and_evaluate(cfg, workdir)
   return workdir
 
 
