@@ -75,3 +75,21 @@ def frechet_evaluator(workdir: str, dataset: str, num_samples: int,
   test = data.load(dataset, "test").arrays["image"]
   return fashion_fid.FrechetEvaluator(fashion_fid.make_feature_fn(classifier), test, num_samples,
                                       seed)
+
+
+_EVALUATORS: dict[tuple, fashion_fid.FrechetEvaluator] = {}
+
+
+def evaluator_for(config) -> fashion_fid.FrechetEvaluator | None:
+  """The FD evaluator a run's config asks for (`fid_classifier_workdir`, `dataset`,
+  `eval.num_samples`, `eval.sample_seed`), built once per process (the classifier run is read
+  only); None when `config.fid_classifier_workdir` is empty."""
+  workdir = config.get("fid_classifier_workdir", "")
+  if not workdir:
+    return None
+  key = (os.path.abspath(workdir), config.dataset, config.eval.num_samples,
+         config.eval.sample_seed)
+  if key not in _EVALUATORS:
+    _EVALUATORS[key] = frechet_evaluator(workdir, config.dataset, config.eval.num_samples,
+                                         config.eval.sample_seed)
+  return _EVALUATORS[key]

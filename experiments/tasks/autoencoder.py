@@ -96,7 +96,7 @@ class AutoencoderTask(Task):
     n = config.eval.num_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
       raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
-    self._features, self._fid, self._fns = None, None, {}
+    self._features, self._fns = None, {}
     if a.perceptual_weight > 0:               # a missing classifier fails before the first step
       self.perceptual_features()
     if config.get("fid_classifier_workdir", ""):
@@ -265,14 +265,7 @@ class AutoencoderTask(Task):
             "latent_shape": list(self.ae_config.latent_shape), "num_images": int(n)}
 
   def fid_evaluator(self):
-    workdir = self.config.get("fid_classifier_workdir", "")
-    if not workdir:
-      return None
-    if self._fid is None:
-      self._fid = fid_classifier.frechet_evaluator(workdir, self.config.dataset,
-                                                   self.config.eval.num_samples,
-                                                   self.config.eval.sample_seed)
-    return self._fid
+    return fid_classifier.evaluator_for(self.config)
 
   def after_eval(self, models, workdir: str, step: int) -> dict[str, float]:
     e, model = self.config.eval, autoencoder_of(models)

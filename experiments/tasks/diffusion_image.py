@@ -118,7 +118,7 @@ class DiffusionImageTask(Task):
     n = config.eval.num_samples
     if not isinstance(n, int) or n < 2:
       raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
-    self._sample_fns, self._fid = {}, None
+    self._sample_fns = {}
     if config.get("fid_classifier_workdir", ""):   # before the first step, not at the first eval
       fid_classifier.ensure(config.fid_classifier_workdir,
                             config.get("fid_classifier_config", ""), config.dataset)
@@ -349,14 +349,7 @@ class DiffusionImageTask(Task):
   def fid_evaluator(self) -> fashion_fid.FrechetEvaluator | None:
     """The FD evaluator (classifier features, reference set, floor), built once; None when
     `config.fid_classifier_workdir` is empty."""
-    workdir = self.config.get("fid_classifier_workdir", "")
-    if not workdir:
-      return None
-    if self._fid is None:
-      self._fid = fid_classifier.frechet_evaluator(workdir, self.config.dataset,
-                                                   self.config.eval.num_samples,
-                                                   self.config.eval.sample_seed)
-    return self._fid
+    return fid_classifier.evaluator_for(self.config)
 
   def after_eval(self, model, workdir: str, step: int) -> dict[str, float]:
     d, n = self.config.diffusion, self.config.eval.num_samples

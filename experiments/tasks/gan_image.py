@@ -80,7 +80,7 @@ class GANImageTask(Task):
     n = config.eval.num_samples
     if not isinstance(n, int) or n < 2:
       raise ConfigError(f"config.eval.num_samples must be an integer ≥ 2, got {n!r}")
-    self._sample_fn, self._fid = None, None
+    self._sample_fn = None
     if config.get("fid_classifier_workdir", ""):   # before the first step, not at the first eval
       fid_classifier.ensure(config.fid_classifier_workdir,
                             config.get("fid_classifier_config", ""), config.dataset)
@@ -173,14 +173,7 @@ class GANImageTask(Task):
     return float(np.mean(np.abs(samples_BHWC.mean(0) - real.mean(0))))
 
   def fid_evaluator(self) -> fashion_fid.FrechetEvaluator | None:
-    workdir = self.config.get("fid_classifier_workdir", "")
-    if not workdir:
-      return None
-    if self._fid is None:
-      self._fid = fid_classifier.frechet_evaluator(workdir, self.config.dataset,
-                                                   self.config.eval.num_samples,
-                                                   self.config.eval.sample_seed)
-    return self._fid
+    return fid_classifier.evaluator_for(self.config)
 
   def after_eval(self, models, workdir: str, step: int) -> dict[str, float]:
     n = self.config.eval.num_samples
