@@ -17,8 +17,15 @@ Metrics (after_eval; base_* = the frozen base, same prompts and noise): concept_
           accuracy of "a seven sneaker" samples, class_concept_rate / class_accuracy of "a
           sneaker" (language drift), other_concept_rate / other_accuracy of "a {class}" for the 9
           other classes (prior drift); eval_per_prompt = 30 (10 per other class), DDIM-50, s = 3.
-Run time / Expect: the numbers measured on the lead's base are in WORKSPACE.md; the aim is
-          concept_rate ≫ base_concept_rate (≈ 0) with other_accuracy ≈ base_other_accuracy.
+`:ldm_<method>` — the same on the LATENT text-to-image base (fashion_ldm.py:t2i, runs/fashion_ldm_t2i;
+          the stamped instances are encoded like every image), 300 steps, 8–9 min wall each under
+          load (2026-12-03); concept rate / sneaker accuracy for "a seven sneaker", then for "a
+          sneaker" (language drift) and the 9 other classes (prior drift), base in brackets:
+            ldm_dreambooth          1.00 (0.00) / 0.53;  0.03 / 1.00;  0.17 / 0.88 (0.00 / 0.97)
+            ldm_lora                0.67 (0.00) / 0.77;  0.40 / 0.83;  0.06 / 0.64
+            ldm_textual_inversion   0.03 (0.00) / 0.37;  0.00 / 1.00;  0.00 / 0.97 (= the base)
+          Expect: ldm_dreambooth concept_rate ≥ 0.8 with class_concept_rate ≤ 0.1. The pixel
+          variants (base runs/fashion_t2i) are not measured: that base was not trained in full.
 `:smoke` — sklearn digits on a RANDOM base (the freshly initialised fashion_t2i.py:smoke models,
           random frozen text tower; no base run is trained first): "a bag one" with a 2×2 corner
           square on 8 ones, DreamBooth with the prior loss on 16 class images, 40 steps; the

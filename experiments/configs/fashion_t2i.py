@@ -15,7 +15,8 @@ Model:    fashion_ddpm's U-Net (16/32/32 channels, 32 → 16 → 8, self-attenti
           with 4 heads and cross-attention at 16×16, 8×8 and the middle block (context 64-d):
           310,993 trained parameters (fashion_ddpm's class U-Net: 268,017), plus the frozen
           104,640 of the text tower; no labels (the text is the only condition). Guidance s = 3.
-Run time: the lead's run (see WORKSPACE.md). A 300-step check (batch 32, warmup 50) on the
+Run time: not trained in full (the latent variant `fashion_ldm.py:t2i` was: class accuracy
+          0.932, FD 6.20; WORKSPACE.md). A 300-step check (batch 32, warmup 50) on the
           2-core CPU under load ~12 (five agents): 1.0–1.2 steps/s after a ~3 min compile
           (fashion_ddpm's U-Net ran 2.9 steps/s on a quieter machine); at step 300 (train loss
           0.056) `t2i_sweep` with n = 100: class accuracy 0.14 / 0.15 and FD 145 / 131 (floor
