@@ -60,3 +60,36 @@ def ensure_run(workdir: str, config_spec: str, *, key: str, spec_key: str, task:
   if cfg.get("task") != task or cfg.get("dataset") != dataset:
     raise ConfigError(f"{key}={workdir!r} holds a {cfg.get('task')!r} run on "
                       f"{cfg.get('dataset')!r}; it must hold a {task!r} run on {dataset!r}")
+
+
+MISSING = "<missing>"
+# Keys that runs recorded before the key existed lack: their absent value is this default.
+DEFAULTS = {"latent_autoencoder_workdir": ""}
+
+
+def lookup(config: dict, dotted: str):
+  """The value at `dotted` ("diffusion.schedule") of a recorded config, its DEFAULTS entry, or
+  MISSING."""
+  for k in dotted.split("."):
+    if not isinstance(config, dict) or k not in config:
+      return DEFAULTS.get(dotted, MISSING)
+    config = config[k]
+  return config
+
+
+def config_difference(ours: dict, theirs: dict, keys, *,
+                      fixed: dict | None = None) -> tuple[str, object, object] | None:
+  """The first of `keys` on which a run we build on (`theirs`: its config.json) differs from
+  ours, as (key, their value, our value); None when they agree. `fixed` sets our side of a key
+  outright (the task a teacher must have run). Under "model" only the fields ours sets count (a
+  later config may add fields); `*_workdir` paths compare as absolute paths."""
+  for key in keys:
+    want = (fixed or {}).get(key, lookup(ours, key))
+    got = lookup(theirs, key)
+    if key == "model" and isinstance(got, dict) and isinstance(want, dict):
+      got = {k: got.get(k) for k in want}
+    if key.endswith("_workdir") and got and want and MISSING not in (got, want):
+      got, want = os.path.abspath(got), os.path.abspath(want)
+    if got != want:
+      return key, got, want
+  return None

@@ -43,7 +43,7 @@ from flax import nnx
 from genfm.diffusion import consistency as cm
 from genfm.diffusion import edm
 from genfm.diffusion import guidance
-from genfm.experiments import init_from
+from genfm.experiments import init_from, prerequisite
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.diffusion_common import like, replicated
 from genfm.experiments.tasks.diffusion_image import (CLASS_NAMES, DiffusionImageTask,
@@ -73,14 +73,6 @@ class Student(nnx.Module):
             setattr(node, name, TargetParam(jnp.array(var[...])))
 
 
-def _lookup(d: dict, dotted: str):
-  for k in dotted.split("."):
-    if not isinstance(d, dict) or k not in d:
-      return "<missing>"
-    d = d[k]
-  return d
-
-
 def check_teacher(config) -> None:
   """The teacher workdir `config.init_from` holds a finished-enough run of the same network and
   diffusion: a checkpoint and a recorded config that agrees on TEACHER_KEYS; one line if not."""
@@ -99,16 +91,13 @@ def check_teacher(config) -> None:
   except (OSError, ValueError):
     raise ConfigError(f"teacher workdir config.init_from={where!r} has no readable config.json; "
                       "it is not a launcher run") from None
-  ours = json.loads(config.to_json_best_effort())
-  for key in TEACHER_KEYS:
-    want = "diffusion_image" if key == "task" else _lookup(ours, key)
-    got = _lookup(teacher, key)
-    if key == "model" and isinstance(got, dict) and isinstance(want, dict):
-      got = {k: got.get(k) for k in want}
-    if got != want:
-      raise ConfigError(f"teacher workdir config.init_from={where!r} is a run of another config "
-                        f"({teacher.get('name', '?')!r}): its {key} is {got!r}, this run needs "
-                        f"{want!r}")
+  diff = prerequisite.config_difference(json.loads(config.to_json_best_effort()), teacher,
+                                        TEACHER_KEYS, fixed={"task": "diffusion_image"})
+  if diff:
+    key, got, want = diff
+    raise ConfigError(f"teacher workdir config.init_from={where!r} is a run of another config "
+                      f"({teacher.get('name', '?')!r}): its {key} is {got!r}, this run needs "
+                      f"{want!r}")
 
 
 class ConsistencyTask(DiffusionImageTask):

@@ -42,7 +42,7 @@ from genfm.diffusion import edges
 from genfm.diffusion import gaussian
 from genfm.diffusion import guidance
 from genfm.diffusion import samplers
-from genfm.experiments import data, init_from
+from genfm.experiments import data, init_from, prerequisite
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.diffusion_common import like, replicated, sampler_kwargs
 from genfm.experiments.tasks.diffusion_image import (CLASS_NAMES, DiffusionImageTask,
@@ -52,14 +52,6 @@ from genfm.experiments.tasks.diffusion_image import (CLASS_NAMES, DiffusionImage
 # data, padding, latent space and discrete diffusion (a ControlNet is built for one base).
 BASE_KEYS = ("task", "dataset", "pad", "model", "diffusion.prediction", "diffusion.schedule",
              "diffusion.num_timesteps", "latent_autoencoder_workdir")
-
-
-def _lookup(d: dict, dotted: str):
-  for k in dotted.split("."):
-    if not isinstance(d, dict) or k not in d:
-      return "<missing>" if dotted != "latent_autoencoder_workdir" else ""
-    d = d[k]
-  return d
 
 
 def check_base_run(config) -> None:
@@ -80,18 +72,13 @@ def check_base_run(config) -> None:
   except (OSError, ValueError):
     raise ConfigError(f"base workdir config.init_from={where!r} has no readable config.json; "
                       "it is not a launcher run") from None
-  ours = json.loads(config.to_json_best_effort())
-  for key in BASE_KEYS:
-    want = "diffusion_image" if key == "task" else _lookup(ours, key)
-    got = _lookup(base, key)
-    if key == "model" and isinstance(got, dict) and isinstance(want, dict):
-      got = {k: got.get(k) for k in want}
-    if key == "latent_autoencoder_workdir" and got and want:
-      got, want = os.path.abspath(got), os.path.abspath(want)
-    if got != want:
-      raise ConfigError(f"this ControlNet is built for another base: config.init_from={where!r} "
-                        f"is a run of {base.get('name', '?')!r} whose {key} is {got!r}, this "
-                        f"config's is {want!r}")
+  diff = prerequisite.config_difference(json.loads(config.to_json_best_effort()), base,
+                                        BASE_KEYS, fixed={"task": "diffusion_image"})
+  if diff:
+    key, got, want = diff
+    raise ConfigError(f"this ControlNet is built for another base: config.init_from={where!r} "
+                      f"is a run of {base.get('name', '?')!r} whose {key} is {got!r}, this "
+                      f"config's is {want!r}")
 
 
 class ControlNetTask(DiffusionImageTask):

@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 
 from genfm.diffusion import personalize as pz
-from genfm.experiments import data, train
+from genfm.experiments import data, prerequisite, train
 from genfm.experiments.data import captions
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
@@ -60,21 +60,6 @@ BASE_KEYS = ("dataset", "pad", "model", "text", "text_len", "latent_autoencoder_
              "diffusion.num_timesteps")
 
 
-def _lookup(d, dotted: str):
-  for k in dotted.split("."):
-    if not isinstance(d, dict) or k not in d:
-      return None
-    d = d[k]
-  return d
-
-
-def _norm(x):
-  """JSON-comparable: tuples as lists, recursively."""
-  if isinstance(x, dict):
-    return {k: _norm(v) for k, v in x.items()}
-  return [_norm(v) for v in x] if isinstance(x, (list, tuple)) else x
-
-
 def read_base_config(config) -> ml_collections.ConfigDict:
   """The recorded config of the base run `config.init_from`, checked to be a text2image run of
   this run's BASE_KEYS; one ConfigError line naming the first difference."""
@@ -88,15 +73,13 @@ def read_base_config(config) -> ml_collections.ConfigDict:
   if base.get("task") != "text2image":
     raise ConfigError(f"config.init_from={where!r} is a {base.get('task')!r} run; the "
                       "personalize task starts from a text2image run")
-  ours = json.loads(config.to_json_best_effort())
-  for key in BASE_KEYS:
-    want, got = _norm(_lookup(ours, key)), _norm(_lookup(base, key))
-    if key == "model" and isinstance(got, dict) and isinstance(want, dict):
-      got = {k: got.get(k) for k in want}
-    if want != got:
-      raise ConfigError(f"config.init_from={where!r} is a text2image run of another setting: "
-                        f"its {key} is {got!r}, this config's {want!r}; use the base run's "
-                        "config (e.g. --config.model.* overrides) or another base")
+  diff = prerequisite.config_difference(json.loads(config.to_json_best_effort()), base,
+                                        BASE_KEYS)
+  if diff:
+    key, got, want = diff
+    raise ConfigError(f"config.init_from={where!r} is a text2image run of another setting: "
+                      f"its {key} is {got!r}, this config's {want!r}; use the base run's "
+                      "config (e.g. --config.model.* overrides) or another base")
   return ml_collections.ConfigDict(base)
 
 

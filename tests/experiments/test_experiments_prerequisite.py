@@ -47,3 +47,30 @@ def test_a_run_of_another_task_or_data_set_is_refused(tmp_path, task, dataset):
 def test_a_bad_spec_is_one_line(tmp_path):
   with pytest.raises(ConfigError, match=r"config.x_config='no_such_config.py'"):
     prerequisite.ensure_run(str(tmp_path / "none"), "no_such_config.py", **KW)
+
+
+def test_config_difference_names_the_first_differing_key_with_both_values(tmp_path):
+  ours = {"dataset": "digits", "model": {"base_channels": 8}, "diffusion": {"schedule": "linear"},
+          "latent_autoencoder_workdir": ""}
+  theirs = {"dataset": "digits", "model": {"base_channels": 8, "added_later": 1},
+            "diffusion": {"schedule": "cosine"}, "task": "classify"}
+  keys = ("dataset", "model", "latent_autoencoder_workdir", "diffusion.schedule", "task")
+  # "model" compares only the fields ours sets; an unrecorded latent workdir is "" (DEFAULTS)
+  assert prerequisite.config_difference(ours, theirs, keys) == (
+      "diffusion.schedule", "cosine", "linear")
+  theirs["diffusion"]["schedule"] = "linear"
+  assert prerequisite.config_difference(ours, theirs, keys) == ("task", "classify", "<missing>")
+  assert prerequisite.config_difference(ours, theirs, keys, fixed={"task": "classify"}) is None
+  theirs["model"]["base_channels"] = 16
+  assert prerequisite.config_difference(ours, theirs, keys)[0] == "model"
+
+
+def test_config_difference_compares_workdirs_as_absolute_paths(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ours = {"latent_autoencoder_workdir": "runs/ae"}
+  theirs = {"latent_autoencoder_workdir": str(tmp_path / "runs" / "ae")}
+  assert prerequisite.config_difference(ours, theirs, ("latent_autoencoder_workdir",)) is None
+  theirs["latent_autoencoder_workdir"] = str(tmp_path / "runs" / "other")
+  assert prerequisite.config_difference(ours, theirs, ("latent_autoencoder_workdir",)) == (
+      "latent_autoencoder_workdir", str(tmp_path / "runs" / "other"), str(tmp_path / "runs" / "ae"))
+  assert prerequisite.config_difference({}, theirs, ("latent_autoencoder_workdir",))[2] == ""
