@@ -31,11 +31,10 @@ from flax import nnx
 from genfm.experiments import optim
 from genfm.experiments.ema import ema_decay
 from genfm.experiments.errors import ConfigError
+from genfm.foundations import partitioning
 
 
-def path_str(path) -> str:
-  """('blocks', 0, 'attn', 'kernel') → 'blocks/0/attn/kernel' (the names `trainable` matches)."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+path_str = partitioning.path_str   # ('blocks', 0, 'kernel') → 'blocks/0/kernel' (`trainable`)
 
 
 def path_pattern(pattern: str):
@@ -86,7 +85,13 @@ class ModelSet:
                       f"{{name: nnx.Module}}, got {type(built).__name__}")
     self.defs: dict[str, ModelDef] = {}
     self.values: dict[str, dict] = {}
+    # Logical axes of every parameter (the model class's PARAM_AXES), for the mesh's layout.
+    self.param_axes: dict[str, dict[str, tuple]] = {}
+    self.param_shapes: dict[str, dict[str, tuple]] = {}
     for name, model in built.items():
+      self.param_axes[name] = partitioning.param_axes(model)
+      self.param_shapes[name] = {partitioning.path_str(p): tuple(v.shape) for p, v in
+                                 nnx.to_flat_state(nnx.state(model, nnx.Param))}
       trainable = nnx.All(nnx.Param, task.trainable(name))
       model.train()
       graph_train, params, frozen, rest = nnx.split(model, trainable, nnx.Param, ...)

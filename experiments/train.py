@@ -2,9 +2,11 @@
 
 The task's named Flax NNX models are split into (graphdef, trainable, frozen, rest)
 (`models.py`) and trained by a plain `jax.jit` of the task's step (`step.py`: one optimizer per
-trained model) with explicit shardings: parameters and optimizer states replicated, batches
-sharded along the `data` axis of a mesh over all devices (`jax.make_mesh`). The same code runs on
-1 CPU, n GPUs or a TPU slice. The step's PRNG key is fold_in(seed, step) and the data iterator's
+trained model) with shardings in the jit over one mesh of every device (`mesh.py`: axes data,
+fsdp, model, sized by `config.mesh`): batches split over data × fsdp, parameters, optimizer
+moments and EMA laid out by the models' logical axes (replicated under pure data parallelism,
+split under FSDP and tensor parallelism), and XLA inserting the collectives. The same code runs
+on 1 CPU, n GPUs, a TPU slice or several hosts (`jax.distributed`). The step's PRNG key is fold_in(seed, step) and the data iterator's
 position is checkpointed, so a killed run resumes exactly where it stopped. With
 `config.ema_decay` > 0 the state also carries an EMA of the trainable parameters (`ema.py`),
 which the evals score (raw: `raw_*`). With `config.init_from` a fresh run starts from another
@@ -22,9 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from genfm.experiments import data
+from genfm.experiments import mesh as meshes
 from genfm.experiments.checkpoint import Checkpointer, json_safe
 from genfm.experiments.errors import ConfigError, NonFiniteLossError
 from genfm.experiments.init_from import initial_values
@@ -67,11 +70,6 @@ class StopOnSignal:
   def restore(self):
     for s, h in self._old.items():
       signal.signal(s, h)
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D `data` mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
 
 
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
@@ -194,14 +192,14 @@ def _check_batch(config, source) -> None:
 def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
   changed = workdirs.compare_config(config, workdir)     # refuse another run's workdir first
   task = get_task(config)
-  mesh = make_mesh()
-  if config.batch_size % jax.device_count():
-    raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
-                      f"{jax.device_count()} devices of the mesh; use a multiple of it")
-  replicated, by_data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  shape = meshes.mesh_shape(config)
+  meshes.check_batch(config, shape)
+  mesh = meshes.make_mesh(config)
+  replicated, by_data = meshes.replicated(mesh), meshes.batch_sharding(mesh)
   is_chief = jax.process_index() == 0
 
   models, state = init_state(task, config)
+  state_sharding = meshes.state_shardings(state, meshes.param_specs(models, config, shape), mesh)
   n_trainable, n_params = models.counts()
   if config.get("init_from", "") and os.path.abspath(config.init_from) == os.path.abspath(workdir):
     raise ConfigError(f"config.init_from is this run's own --workdir={workdir}; give the "
@@ -209,7 +207,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
   _check_batch(config, task.train_source())
   if is_chief:              # only now, with the task and models built from it: a valid config
     workdirs.record_config(config, workdir)
-  state = jax.device_put(state, replicated)
+  state = jax.device_put(state, state_sharding)
 
   train_iter = data.make_iterator(task.train_source(), seed=config.seed, shuffle=True,
                                   batch_size=config.batch_size // jax.process_count(),
@@ -225,7 +223,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
   elif config.get("init_from", "") or any(dict(config.get("init_from_models", None) or {})
                                           .values()):
     values, lines = initial_values(config, task, jax.device_get(state["models"]))
-    state = jax.device_put(models.initial_state(values), replicated)
+    state = jax.device_put(models.initial_state(values), state_sharding)
     for line in lines:
       logging.info("init_from: %s", line)
   start = int(state["step"])
@@ -237,19 +235,20 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
                  json.dumps({k: v for k, v in finished.items() if k not in SUMMARY_INFO}))
     return finished
   logging.info("%s: %s params (%s trainable%s) | %d %s device(s) | %s from step %d to %d | "
-               "workdir %s", config.get("name", config.task), f"{n_params:,}",
+               "mesh %s | workdir %s", config.get("name", config.task), f"{n_params:,}",
                f"{n_trainable:,}", "" if len(models.names) == 1 else
                f"; models {', '.join(models.names)}, trained {', '.join(models.trained)}",
                jax.device_count(), jax.default_backend(), "resuming" if start else "training",
-               start, total, workdir)
+               start, total, dict(mesh.shape), workdir)
 
   def eval_step(state, batch, ema):
     return task.eval_metrics(models.eval_models(state, ema=ema), batch)
 
-  train_step = jax.jit(make_train_step(task, config, models), in_shardings=(replicated, by_data),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+  train_step = jax.jit(make_train_step(task, config, models),
+                       in_shardings=(state_sharding, by_data),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_steps = {ema: jax.jit(functools.partial(eval_step, ema=ema), out_shardings=replicated,
-                            in_shardings=(replicated, by_data)) for ema in (False, True)}
+                            in_shardings=(state_sharding, by_data)) for ema in (False, True)}
 
   def evaluate(state, step) -> dict[str, float]:
     """Metrics of the EMA parameters when the run keeps them, plus `raw_*` of the raw ones

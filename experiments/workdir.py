@@ -25,11 +25,14 @@ from genfm.experiments.errors import CheckpointError
 
 # Keys a resumed run may change; any other difference means the workdir holds another run.
 RESUMABLE_KEYS = ("num_train_steps", "learning_rate", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "fid_classifier_config")
+                  "checkpoint_every_steps", "fid_classifier_config",
+                  # a checkpoint restores under any mesh (Orbax reshards to the new layout)
+                  "mesh.data", "mesh.fsdp", "mesh.model")
 # Keys added to every config after runs were recorded without them, with the value that gives
 # those runs' behaviour: a workdir whose config.json lacks one resumes if the value is this.
 ADDED_KEYS = {"ema_decay": 0.0, "diffusion.clip_x0": 0.0, "init_from": "", "init_from_step": 0,
-              "trainable": ""}
+              "trainable": "", "mesh.data": -1, "mesh.fsdp": 1, "mesh.model": 1,
+              "model.remat": "none"}
 LOCK = ".lock"
 
 

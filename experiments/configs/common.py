@@ -22,6 +22,9 @@ def base_config(name: str, *, task: str, dataset: str) -> ml_collections.ConfigD
   c.init_from = ""               # a trained run's workdir: start from its parameters (init_from.py)
   c.init_from_step = 0           # its checkpoint step; 0 = the newest
   c.trainable = ""               # regex over parameter paths that train (e.g. "blocks/3/"); "" = all
+  # Device mesh (experiments/mesh.py): batch over data × fsdp, parameters and optimizer state
+  # split over fsdp (their `embed` dim), heads / FFN hidden / vocab over model; -1 = the rest.
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.num_train_steps = 1000
   c.log_every_steps = 100
   c.eval_every_steps = 1000

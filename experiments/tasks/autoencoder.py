@@ -43,7 +43,7 @@ from genfm.diffusion import fashion_fid
 from genfm.experiments import data, fid_classifier
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import choice, replicated
+from genfm.experiments.tasks.diffusion_common import choice
 from genfm.experiments.tasks.diffusion_image import to_model_input
 from genfm.experiments.tasks.vae import save_rows
 
@@ -129,7 +129,7 @@ class AutoencoderTask(Task):
 
   def model_input(self, batch: Batch) -> jax.Array:
     # Replicated: one device here; the convs do not need the batch split (see diffusion_common).
-    return replicated(to_model_input(batch["image"], self.pad))
+    return to_model_input(batch["image"], self.pad)
 
   # --- the perceptual term --------------------------------------------------------------------
 

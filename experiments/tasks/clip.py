@@ -48,7 +48,6 @@ from genfm.experiments import data
 from genfm.experiments.data import captions
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import replicated
 from genfm.transformers import clip, gpt, vit
 
 ENCODE_BATCH = 500   # host-side encoding in chunks of this many images / captions
@@ -96,17 +95,11 @@ class CLIPTask(Task):
   def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
     return clip.CLIP(self.model_config, rngs=rngs)
 
-  # The loop shards batches along an Explicit `data` axis; the ViT's patchify reshape and the
-  # GPT's embedding gather pass no `out_sharding`, so the towers run on replicated inputs (exact
-  # on one device; on several, correct but not data-parallel), as lm.py and the U-Net tasks do.
-
   def loss(self, model, batch: Batch, key: jax.Array):
     del key
-    batch = jax.tree.map(replicated, batch)
     return model.loss(batch["image"], batch["text"])   # metrics include "temperature"
 
   def eval_metrics(self, model, batch: Batch):
-    batch = jax.tree.map(replicated, batch)
     cls_CE = clip.zero_shot_classifier(model, jnp.asarray(self.prompts_CMT))
     logits_BC = clip.zero_shot_logits(model.encode_image(batch["image"]), cls_CE)
     mask_B = batch["mask"]

@@ -30,7 +30,7 @@ from genfm.experiments import data
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import toy2d_eval
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import choice, like, replicated
+from genfm.experiments.tasks.diffusion_common import choice
 from genfm.foundations import cnf, neural_ode
 
 GRID = 120            # density figure: GRID × GRID points
@@ -70,12 +70,9 @@ class CNF2DTask(Task):
     c = self.config.cnf
     field, params = neural_ode.module_field(model)
     rtol, atol = (c.eval_rtol, c.eval_atol) if eval_ else (c.rtol, c.atol)
-    # The solver's state is one flat vector (ode.dopri5 ravels it), which an Explicit mesh
-    # cannot shard along the batch: solve on replicated points (exact on one device; on a
-    # multi-device mesh correct but not data-parallel), then lay log p out like the batch.
-    logp_B, _, stats = cnf.log_prob(field, params, replicated(x_B2), T=c.T, estimator=estimator,
+    logp_B, _, stats = cnf.log_prob(field, params, x_B2, T=c.T, estimator=estimator,
                                     key=key, rtol=rtol, atol=atol)
-    return like(logp_B, x_B2[:, 0]), stats
+    return logp_B, stats
 
   def loss(self, model, batch: Batch, key: jax.Array):
     logp_B, stats = self.log_prob(model, batch["x"], self.config.cnf.train_estimator, key,

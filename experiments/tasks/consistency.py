@@ -45,7 +45,6 @@ from genfm.diffusion import edm
 from genfm.diffusion import guidance
 from genfm.experiments import init_from, prerequisite
 from genfm.experiments.errors import ConfigError, unknown_choice
-from genfm.experiments.tasks.diffusion_common import like, replicated
 from genfm.experiments.tasks.diffusion_image import (CLASS_NAMES, DiffusionImageTask,
                                                      save_grid, to_model_input)
 
@@ -149,8 +148,8 @@ class ConsistencyTask(DiffusionImageTask):
   # --- the networks as functions of (x, σ) ------------------------------------------------------
 
   def _unet_fn(self, unet, labels_B):
-    """DDPM network (x_vp, t) → ε̂ on the loop's mesh (replicated inputs, as diffusion_image)."""
-    return lambda x, t: like(unet(replicated(x), replicated(t), replicated(labels_B)), x)
+    """DDPM network (x_vp, t) → ε̂."""
+    return lambda x, t: unet(x, t, labels_B)
 
   def consistency_fn(self, unet, labels_B) -> cm.ConsistencyFn:
     """f(x, σ) of a U-Net (the student's θ or θ⁻) for these labels."""
@@ -161,7 +160,7 @@ class ConsistencyTask(DiffusionImageTask):
   def teacher_denoiser(self, teacher, labels_B) -> edm.Denoiser:
     """The teacher as an EDM denoiser, guided at the teacher's scale s (CFG on ε̂)."""
     d = self.config.diffusion
-    apply = lambda x, t, lab: like(teacher(replicated(x), replicated(t), replicated(lab)), x)
+    apply = lambda x, t, lab: teacher(x, t, lab)
     eps_fn = guidance.guided_model(apply, labels_B, self.num_classes, d.guidance_scale)
     return edm.ddpm_denoiser(eps_fn, self.sched, d.prediction)
 
@@ -169,10 +168,8 @@ class ConsistencyTask(DiffusionImageTask):
 
   def train_step(self, ctx, batch, key) -> None:
     c = self.config.cm
-    # The whole step runs replicated: the U-Net does anyway (`diffusion_common.replicated`), and
-    # jnp.interp inside t(σ) cannot take a batch-sharded σ on the loop's Explicit mesh.
-    x0_BHWC = replicated(to_model_input(batch["image"], self.config.get("pad", 0)))
-    labels_B = replicated(batch["label"].astype(jnp.int32))
+    x0_BHWC = to_model_input(batch["image"], self.config.get("pad", 0))
+    labels_B = batch["label"].astype(jnp.int32)
     b = x0_BHWC.shape[0]
     if c.mode == "cd":
       num_scales, mu = c.num_scales, jnp.float32(c.mu)

@@ -44,7 +44,7 @@ from genfm.diffusion import guidance
 from genfm.diffusion import samplers
 from genfm.experiments import data, init_from, prerequisite
 from genfm.experiments.errors import ConfigError
-from genfm.experiments.tasks.diffusion_common import like, replicated, sampler_kwargs
+from genfm.experiments.tasks.diffusion_common import sampler_kwargs
 from genfm.experiments.tasks.diffusion_image import (CLASS_NAMES, DiffusionImageTask,
                                                      to_model_input)
 
@@ -130,9 +130,8 @@ class ControlNetTask(DiffusionImageTask):
   # --- the condition and the controlled network -------------------------------------------------
 
   def hint(self, image_BHWC: jax.Array) -> jax.Array:
-    """The control: the edge map [B, H, W, 1] of the padded uint8 images (computed replicated,
-    as the U-Net runs: `jnp.pad`'s edge mode does not take a batch-sharded array)."""
-    return edges.edge_map(replicated(to_model_input(image_BHWC, self.config.get("pad", 0))),
+    """The control: the edge map [B, H, W, 1] of the padded uint8 images."""
+    return edges.edge_map(to_model_input(image_BHWC, self.config.get("pad", 0)),
                           self.config.controlnet.hint_threshold)
 
   def controlled_fn(self, base, control, labels_B, hint_BHWC):
@@ -144,8 +143,7 @@ class ControlNetTask(DiffusionImageTask):
       hint = hint_BHWC
       if x.shape[0] != hint.shape[0]:
         hint = jnp.concatenate([hint] * (x.shape[0] // hint.shape[0]))
-      return like(cn.controlled(base, control, replicated(x), replicated(t), replicated(lab),
-                                replicated(hint), strength=strength), x)
+      return cn.controlled(base, control, x, t, lab, hint, strength=strength)
     return apply
 
   # --- training ---------------------------------------------------------------------------------

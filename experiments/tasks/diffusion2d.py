@@ -57,8 +57,7 @@ from genfm.experiments.data import sources
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import toy2d_eval
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, choice, like,
-                                                       replicated, sampler_kwargs)
+from genfm.experiments.tasks.diffusion_common import check_ddpm, choice, sampler_kwargs
 
 KINDS = ("ddpm", "sde", "flow")
 SDE_SAMPLERS = ("euler_maruyama", "pc", "ode")
@@ -154,18 +153,17 @@ class Diffusion2DTask(Task):
   def draw_noise(self, key: jax.Array, x0_B2: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(t [B], z [B, 2]) for one step: integer code indices 0..T−1 for DDPM, t ~ U(eps, 1)
     for the SDE, t ~ U(0, 1) for flow (t = 0 noise). The split (t from the first key, z from
-    the second) is part of the contract the tests check. Both are laid out like the batch (see `_batch_sharding`)."""
+    the second) is part of the contract the tests check."""
     b = x0_B2.shape[0]
     t_key, z_key = jax.random.split(key)
     if self.config.diffusion.kind == "ddpm":
-      t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
-                               out_sharding=batch_sharding(x0_B2, 1))
+      t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps)
     elif self.config.diffusion.kind == "flow":       # t ~ U(0, 1), t = 0 noise (2210.02747)
-      t_B = jax.random.uniform(t_key, (b,), out_sharding=batch_sharding(x0_B2, 1))
+      t_B = jax.random.uniform(t_key, (b,))
     else:
       t_B = jax.random.uniform(t_key, (b,), minval=self.config.diffusion.t_eps,
-                               maxval=self.sde.T, out_sharding=batch_sharding(x0_B2, 1))
-    z_B2 = jax.random.normal(z_key, (b, 2), jnp.float32, out_sharding=batch_sharding(x0_B2, 2))
+                               maxval=self.sde.T)
+    z_B2 = jax.random.normal(z_key, (b, 2), jnp.float32)
     return t_B, z_B2
 
   def score_fn(self, model: nnx.Module):
@@ -200,9 +198,8 @@ class Diffusion2DTask(Task):
       if "noise" in batch:                             # reflow: the fixed (Z₀, Z₁) pairs
         z_B2 = batch["noise"]
       elif self.config.diffusion.coupling != "independent":   # minibatch OT (2302.00482)
-        # The whole batch's [B, B] cost on one host: replicated, then laid out like the batch.
-        z_B2 = like(ot_coupling.couple(self.config.diffusion.coupling, replicated(z_B2),
-                                       replicated(x0_B2)), z_B2)
+        # The whole batch's [B, B] cost (GSPMD gathers the rows it needs).
+        z_B2 = ot_coupling.couple(self.config.diffusion.coupling, z_B2, x0_B2)
     return jnp.mean(self.per_example_loss(model, x0_B2, t_B, z_B2)), {}
 
   def eval_metrics(self, model, batch: Batch):

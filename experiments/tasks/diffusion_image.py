@@ -51,8 +51,7 @@ from genfm.diffusion.unet import UNet, UNetConfig
 from genfm.experiments import data, fid_classifier, prerequisite
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import (batch_sharding, check_ddpm, choice, like,
-                                                      replicated, sampler_kwargs)
+from genfm.experiments.tasks.diffusion_common import check_ddpm, choice, sampler_kwargs
 
 MODEL_KINDS = ("unet", "dit")
 DIFFUSION_KINDS = ("ddpm", "flow")
@@ -222,7 +221,7 @@ class DiffusionImageTask(Task):
     z = mean
     if key is not None:
       z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(
-          key, mean.shape, jnp.float32, out_sharding=batch_sharding(mean, mean.ndim))
+          key, mean.shape, jnp.float32)
     return self.latent.scale_factor * z
 
   def to_pixels(self, x, batch_size: int = 500) -> np.ndarray:
@@ -265,26 +264,22 @@ class DiffusionImageTask(Task):
     b = x0_BHWC.shape[0]
     t_key, z_key, u_key = jax.random.split(key, 3)
     if self.kind == "flow":
-      t_B = jax.random.uniform(t_key, (b,), out_sharding=batch_sharding(x0_BHWC, 1))
+      t_B = jax.random.uniform(t_key, (b,))
     else:
-      t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps,
-                               out_sharding=batch_sharding(x0_BHWC, 1))
-    z_BHWC = jax.random.normal(z_key, x0_BHWC.shape, jnp.float32,
-                               out_sharding=batch_sharding(x0_BHWC, 4))
-    u_B = jax.random.uniform(u_key, (b,), out_sharding=batch_sharding(x0_BHWC, 1))
+      t_B = jax.random.randint(t_key, (b,), 0, self.config.diffusion.num_timesteps)
+    z_BHWC = jax.random.normal(z_key, x0_BHWC.shape, jnp.float32)
+    u_B = jax.random.uniform(u_key, (b,))
     return t_B, z_BHWC, u_B
 
   def per_example_loss(self, model, x0_BHWC, labels_B, t_B, z_BHWC) -> jax.Array:
     """[B] L_simple (eq. 14 of 2006.11239, the library's) at given t, ε and (possibly null)
-    labels. The U-Net runs on replicated inputs (`diffusion_common.replicated`); its output is
-    laid out like x_t again. Flow: the CFM loss (eq. 9 of 2210.02747) with ε as the noise end."""
+    labels. Flow: the CFM loss (eq. 9 of 2210.02747) with ε as the noise end."""
     if self.kind == "flow":
       d = self.config.diffusion
-      velocity_fn = lambda xt, t: like(model(replicated(xt), replicated(FLOW_TIME_LABEL * t),
-                                             replicated(labels_B)), xt)
+      velocity_fn = lambda xt, t: model(xt, FLOW_TIME_LABEL * t, labels_B)
       return flow.cfm_per_example(velocity_fn, d.path, z_BHWC, x0_BHWC, t_B,
                                   d.get("sigma_min", 0.0))
-    model_fn = lambda xt, t: like(model(replicated(xt), replicated(t), replicated(labels_B)), xt)
+    model_fn = lambda xt, t: model(xt, t, labels_B)
     return gaussian.per_example_loss(model_fn, self.sched, x0_BHWC, t_B, z_BHWC,
                                      self.config.diffusion.prediction)
 

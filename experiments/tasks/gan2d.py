@@ -37,7 +37,7 @@ from genfm.experiments.data import toy2d
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks import toy2d_eval
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import batch_sharding, choice
+from genfm.experiments.tasks.diffusion_common import choice
 from genfm.foundations import gan
 
 LOSSES = gan.GENERATOR_LOSSES + ("wgan_gp",)
@@ -83,8 +83,7 @@ class GAN2DTask(Task):
 
   def noise(self, key: jax.Array, like_B2: jax.Array) -> jax.Array:
     """z [B, Z] ~ N(0, I), laid out like the batch."""
-    return jax.random.normal(key, (like_B2.shape[0], self.config.gan.latent_dim), jnp.float32,
-                             out_sharding=batch_sharding(like_B2, 2))
+    return jax.random.normal(key, (like_B2.shape[0], self.config.gan.latent_dim), jnp.float32)
 
   def train_step(self, ctx, batch: Batch, key: jax.Array) -> None:
     x_B2, g = batch["x"], self.config.gan
@@ -93,7 +92,7 @@ class GAN2DTask(Task):
 
       if g.generator_loss == "wgan_gp":     # eq. (3) of 1704.00028, ε ~ U[0, 1] per example
         eps_B = jax.random.uniform(jax.random.fold_in(key, g.critic_steps + 1 + i),
-                                   x_B2.shape[:1], out_sharding=batch_sharding(x_B2, 1))
+                                   x_B2.shape[:1])
         ctx.update("discriminator", lambda d, fake_B2=fake_B2, eps_B=eps_B:
                    gan.wgan_gp_critic_loss(d, x_B2, fake_B2, eps_B,
                                            g.get("gp_lambda", gan.GP_LAMBDA)))

@@ -36,7 +36,7 @@ from genfm.diffusion import fashion_fid
 from genfm.experiments import data, fid_classifier
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.diffusion_common import batch_sharding, choice
+from genfm.experiments.tasks.diffusion_common import choice
 from genfm.experiments.tasks.diffusion_image import save_grid, to_model_input
 from genfm.foundations import dcgan, gan
 
@@ -107,8 +107,7 @@ class GANImageTask(Task):
 
   def noise(self, key: jax.Array, like_B: jax.Array) -> jax.Array:
     """z [B, Z] ~ N(0, I), laid out like the batch."""
-    return jax.random.normal(key, (like_B.shape[0], self.config.gan.latent_dim), jnp.float32,
-                             out_sharding=batch_sharding(like_B, 2))
+    return jax.random.normal(key, (like_B.shape[0], self.config.gan.latent_dim), jnp.float32)
 
   def train_step(self, ctx, batch: Batch, key: jax.Array) -> None:
     g = self.config.gan
@@ -119,8 +118,7 @@ class GANImageTask(Task):
       real = x_BHWC[i * m:(i + 1) * m]
       fake = ctx.model("generator", train=True)(self.noise(jax.random.fold_in(key, i), real))
       if g.loss == "wgan_gp":
-        eps_B = jax.random.uniform(jax.random.fold_in(key, k + 1 + i), (m,),
-                                   out_sharding=batch_sharding(real, 1))
+        eps_B = jax.random.uniform(jax.random.fold_in(key, k + 1 + i), (m,))
         ctx.update("discriminator", lambda d, real=real, fake=fake, eps_B=eps_B:
                    gan.wgan_gp_critic_loss(d, real, fake, eps_B, g.gp_lambda))
       else:

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from genfm.experiments import data
 from genfm.experiments.data import text as text_data
@@ -131,21 +130,6 @@ class _Windows:
 
   def __repr__(self) -> str:
     return f"_Windows(n={len(self)}, seq_len={self.seq_len})"
-
-
-def replicate_tokens(tokens_BT: jax.Array) -> jax.Array:
-  """Tokens replicated over an explicit-sharding mesh, so the model's embedding gather resolves.
-
-  The launcher shards batches along an `Explicit` `data` axis (`jax.make_mesh`'s default), and
-  `nnx.Embed`'s gather of a replicated table by batch-sharded ids has no unambiguous output
-  sharding (ShardingTypeError). Replicating the ids costs nothing on one device; on n devices
-  every device computes the whole batch (correct, not data-parallel) until `gpt.GPT` passes
-  `out_sharding` to its lookup.
-  """
-  mesh = getattr(jax.typeof(tokens_BT).sharding, "mesh", None)
-  if mesh is None or mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
-    return tokens_BT
-  return jax.sharding.reshard(tokens_BT, jax.sharding.NamedSharding(mesh, P()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,17 +248,17 @@ class LanguageModelTask(Task):
 
   def loss(self, model, batch: Batch, key: jax.Array):
     del key  # dropout draws from the model's own RNG stream (checkpointed with its state)
-    logits_BTV, aux = model(replicate_tokens(batch["inputs"]), return_aux=True)
-    ce = gpt.lm_loss(logits_BTV, replicate_tokens(batch["targets"]))  # nats/token, logits in fp32
+    logits_BTV, aux = model(batch["inputs"], return_aux=True)
+    ce = gpt.lm_loss(logits_BTV, batch["targets"])  # nats/token, logits in fp32
     if self.model_config.num_experts == 0:
       return ce, {"ce": ce}
     return ce + self._aux_loss(aux), {"ce": ce, **aux}
 
   def eval_metrics(self, model, batch: Batch):
-    logits_BTV, aux = model(replicate_tokens(batch["inputs"]), return_aux=True)
+    logits_BTV, aux = model(batch["inputs"], return_aux=True)
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(
-        logits_BTV.astype(jnp.float32), replicate_tokens(batch["targets"]))
-    w_BT = jnp.broadcast_to(replicate_tokens(batch["mask"])[:, None], ce_BT.shape)  # padding rows weigh 0
+        logits_BTV.astype(jnp.float32), batch["targets"])
+    w_BT = jnp.broadcast_to(batch["mask"][:, None], ce_BT.shape)  # padding rows weigh 0
     ce_sum, count = jnp.sum(ce_BT * w_BT), jnp.sum(w_BT)
     out = {"loss": ce_sum, "count": count}
     if self.kind == "bpe":  # Σ nats / Σ chars of the fixed eval targets, once divided by count

@@ -29,7 +29,7 @@ from genfm.experiments import data
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.lm import char_encode, eval_window_starts, replicate_tokens
+from genfm.experiments.tasks.lm import char_encode, eval_window_starts
 from genfm.transformers import bert
 from genfm.transformers.tokenizer import CharTokenizer
 
@@ -97,7 +97,7 @@ class MaskedLMTask(Task):
     return bert.Bert(self.model_config, rngs=rngs)
 
   def loss(self, model, batch: Batch, key: jax.Array):
-    tokens_BT = replicate_tokens(batch["inputs"])
+    tokens_BT = batch["inputs"]
     inputs_BT, targets_BT, weights_BT = bert.mask_tokens(
         key, tokens_BT, mask_id=self.mask_id, num_random=self.mask_id, mask_rate=self.mask_rate)
     logits_BTV = model(inputs_BT)
@@ -107,12 +107,12 @@ class MaskedLMTask(Task):
     return ce, {"accuracy": acc}
 
   def eval_metrics(self, model, batch: Batch):
-    inputs_BT = replicate_tokens(batch["inputs"])
-    targets_BT = replicate_tokens(batch["targets"])
+    inputs_BT = batch["inputs"]
+    targets_BT = batch["targets"]
     logits_BTV = model(inputs_BT)
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
-    w_BT = replicate_tokens(batch["weights"]) * replicate_tokens(batch["mask"])[:, None]
+    w_BT = batch["weights"] * batch["mask"][:, None]
     m_BT = w_BT * (inputs_BT == self.mask_id)
     # The loop divides every sum by the total count (predicted positions); the [MASK]-only
     # accuracy is rescaled by predicted/masked over the fixed eval set to divide by its own.

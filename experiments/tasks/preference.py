@@ -36,7 +36,6 @@ from genfm.experiments.data.instructions import STYLE, correct_modulo_style, fol
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch
-from genfm.experiments.tasks.lm import replicate_tokens
 from genfm.experiments.tasks.rl import _eval_kl, prompt_records
 from genfm.experiments.tasks.sft import SFTTask
 from genfm.transformers import gpt, preference as pref, reward_model, rollout, sft
@@ -199,13 +198,12 @@ class PreferenceTask(SFTTask):
   # -- losses ------------------------------------------------------------------------------------
 
   def _side(self, batch, side):
-    return tuple(replicate_tokens(batch[f"{side}_{k}"]) for k in ("inputs", "targets",
+    return tuple(batch[f"{side}_{k}"] for k in ("inputs", "targets",
                                                                     "loss_mask"))
 
   def _scores(self, model, batch):
     """Reward-model scores (chosen, rejected) [B] at each response's last token."""
-    return [reward_model.sequence_scores(model, replicate_tokens(batch[f"{side}_tokens"]),
-                                         replicate_tokens(batch[f"{side}_last"]))
+    return [reward_model.sequence_scores(model, batch[f"{side}_tokens"], batch[f"{side}_last"])
             for side in ("chosen", "rejected")]
 
   def _logps(self, model, batch):
@@ -233,7 +231,7 @@ class PreferenceTask(SFTTask):
     ctx.update("policy", lambda m: self._pair_loss(m, ref, batch))
 
   def eval_metrics(self, models, batch: Batch):
-    w = replicate_tokens(batch["mask"]).astype(jnp.float32)
+    w = batch["mask"].astype(jnp.float32)
     if self.config.preference.kind == "rm":
       c, r = self._scores(models, batch)
       margin = c - r

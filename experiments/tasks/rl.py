@@ -40,7 +40,6 @@ from genfm.experiments.data import instructions
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch
-from genfm.experiments.tasks.lm import replicate_tokens
 from genfm.experiments.tasks.sft import SFTTask
 from genfm.transformers import gpt, policy_gradient as pg, reward_model, rollout
 
@@ -171,7 +170,7 @@ class RLTask(SFTTask):
   def train_step(self, ctx, batch: Batch, key: jax.Array) -> None:
     r = self.config.rl
     G = 1 if r.algorithm == "ppo" else r.group_size
-    rep = lambda x: jnp.repeat(replicate_tokens(x), G, axis=0)
+    rep = lambda x: jnp.repeat(x, G, axis=0)
     prompt, plen = rep(batch["prompt"]), rep(batch["prompt_len"])
     answer, alen = rep(batch["answer"]), rep(batch["answer_len"])
     N = r.max_new_tokens

@@ -30,7 +30,6 @@ from flax import nnx
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.lm import replicate_tokens
 from genfm.transformers import t5
 
 DATASETS = ("dates",)
@@ -163,9 +162,9 @@ class Seq2SeqTask(Task):
     return t5.T5(self.model_config, rngs=rngs)
 
   def _forced(self, model, batch: Batch):
-    src_BS = replicate_tokens(batch["source"])
-    logits_BTV = model(src_BS, replicate_tokens(batch["decoder_inputs"]), src_BS != PAD)
-    targets_BT = replicate_tokens(batch["targets"])
+    src_BS = batch["source"]
+    logits_BTV = model(src_BS, batch["decoder_inputs"], src_BS != PAD)
+    targets_BT = batch["targets"]
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
     return ce_BT, correct_BT, (targets_BT != PAD).astype(jnp.float32)
@@ -178,13 +177,13 @@ class Seq2SeqTask(Task):
 
   def eval_metrics(self, model, batch: Batch):
     ce_BT, correct_BT, w_BT = self._forced(model, batch)
-    src_BS = replicate_tokens(batch["source"])
+    src_BS = batch["source"]
     tokens_BT, _ = t5.greedy_decode(model, src_BS, self.tgt_len, start_id=START,
                                     enc_valid_BS=src_BS != PAD, use_cache=True)
-    targets_BT = replicate_tokens(batch["targets"])
+    targets_BT = batch["targets"]
     # Exact: every target position up to and including <end> right (pads after it ignored).
     exact_B = jnp.all((tokens_BT == targets_BT) | (targets_BT == PAD), axis=1)
-    mask_B = replicate_tokens(batch["mask"])
+    mask_B = batch["mask"]
     per_ex = lambda x_BT: jnp.sum(x_BT * w_BT, 1) / jnp.maximum(jnp.sum(w_BT, 1), 1.0)
     return {"exact_match": jnp.sum(exact_B * mask_B), "loss": jnp.sum(per_ex(ce_BT) * mask_B),
             "token_accuracy": jnp.sum(per_ex(correct_BT) * mask_B), "count": jnp.sum(mask_B)}

@@ -21,7 +21,6 @@ from flax import nnx
 
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.base import Batch
-from genfm.experiments.tasks.lm import replicate_tokens
 from genfm.experiments.tasks.seq2seq import FORMATS, PAD, START, Seq2SeqTask
 from genfm.foundations import seq2seq_attention as s2s
 
@@ -58,20 +57,20 @@ class RNNSeq2SeqTask(Seq2SeqTask):
     return s2s.AttentionSeq2Seq(**self.model_config, rngs=rngs)
 
   def _forced(self, model, batch: Batch):
-    src_BS = replicate_tokens(batch["source"])
-    logits_BTV, _ = model(src_BS, replicate_tokens(batch["decoder_inputs"]), src_BS != PAD)
-    targets_BT = replicate_tokens(batch["targets"])
+    src_BS = batch["source"]
+    logits_BTV, _ = model(src_BS, batch["decoder_inputs"], src_BS != PAD)
+    targets_BT = batch["targets"]
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
     return ce_BT, correct_BT, (targets_BT != PAD).astype(jnp.float32)
 
   def eval_metrics(self, model, batch: Batch):
     ce_BT, correct_BT, w_BT = self._forced(model, batch)
-    src_BS = replicate_tokens(batch["source"])
+    src_BS = batch["source"]
     tokens_BT, _ = s2s.greedy_decode(model, src_BS, src_BS != PAD, self.tgt_len, start_id=START)
-    targets_BT = replicate_tokens(batch["targets"])
+    targets_BT = batch["targets"]
     exact_B = _exact(tokens_BT, targets_BT)
-    mask_B = replicate_tokens(batch["mask"])
+    mask_B = batch["mask"]
     per_ex = lambda x_BT: jnp.sum(x_BT * w_BT, 1) / jnp.maximum(jnp.sum(w_BT, 1), 1.0)
     return {"exact_match": jnp.sum(exact_B * mask_B), "loss": jnp.sum(per_ex(ce_BT) * mask_B),
             "token_accuracy": jnp.sum(per_ex(correct_BT) * mask_B), "count": jnp.sum(mask_B)}

@@ -38,7 +38,7 @@ from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.models import config_trainable, path_str
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.lm import LanguageModelTask, eval_window_starts, replicate_tokens
+from genfm.experiments.tasks.lm import LanguageModelTask, eval_window_starts
 from genfm.transformers import (adapters, gpt, lora, prefix_tuning, prompt_tuning, qlora,
                                 sft)
 
@@ -195,22 +195,19 @@ class SFTTask(Task):
   # -- loss and metrics --------------------------------------------------------------------------
 
   def _logits(self, model, batch: Batch):
-    seg = None if self.method == "prompt" else replicate_tokens(batch["segment_ids"])
-    return model(replicate_tokens(batch["inputs"]),
-                 positions_BT=replicate_tokens(batch["positions"]), segment_ids_BT=seg)
+    seg = None if self.method == "prompt" else batch["segment_ids"]
+    return model(batch["inputs"], positions_BT=batch["positions"], segment_ids_BT=seg)
 
   def loss(self, model, batch: Batch, key: jax.Array):
     del key
-    loss = sft.sft_loss(self._logits(model, batch), replicate_tokens(batch["targets"]),
-                        replicate_tokens(batch["loss_mask"]))
+    loss = sft.sft_loss(self._logits(model, batch), batch["targets"], batch["loss_mask"])
     return loss, {"response_tokens": jnp.sum(batch["loss_mask"]).astype(jnp.float32)}
 
   def eval_metrics(self, model, batch: Batch):
     logits = self._logits(model, batch)
-    s, c = sft.per_example_losses(logits, replicate_tokens(batch["targets"]),
-                                  replicate_tokens(batch["loss_mask"]),
-                                  replicate_tokens(batch["segment_ids"]), 1)
-    w = replicate_tokens(batch["mask"]).astype(jnp.float32)   # padded rows of the last batch
+    s, c = sft.per_example_losses(logits, batch["targets"], batch["loss_mask"],
+                                  batch["segment_ids"], 1)
+    w = batch["mask"].astype(jnp.float32)   # padded rows of the last batch
     return {"loss": jnp.sum(s[:, 0] * w), "count": jnp.sum(c[:, 0] * w)}
 
   def answers(self, model, split: str) -> list[tuple[instructions.Example, str]]:

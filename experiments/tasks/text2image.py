@@ -68,7 +68,7 @@ from genfm.experiments.data import captions
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, DataError, unknown_choice
 from genfm.experiments.tasks.base import Batch
-from genfm.experiments.tasks.diffusion_common import like, replicated, sampler_kwargs
+from genfm.experiments.tasks.diffusion_common import sampler_kwargs
 from genfm.experiments.tasks.diffusion_image import FLOW_TIME_LABEL, DiffusionImageTask
 from genfm.transformers import gpt
 
@@ -218,10 +218,8 @@ class Text2ImageTask(DiffusionImageTask):
     return text_model.hidden_states(tokens_BS).astype(jnp.float32), tokens_BS != captions.PAD
 
   def apply(self, model, x, t_B, context_BSD, mask_BS) -> jax.Array:
-    """The denoiser on the loop's mesh (replicated inputs, as diffusion_image), output laid out
-    like x."""
-    return like(model(replicated(x), replicated(t_B), context_BSD=replicated(context_BSD),
-                      context_mask_BS=None if mask_BS is None else replicated(mask_BS)), x)
+    """The denoiser ε̂(x, t | context)."""
+    return model(x, t_B, context_BSD=context_BSD, context_mask_BS=mask_BS)
 
   def context_loss(self, model, x0, context_BSD, mask_BS, t_B, z) -> jax.Array:
     """[B] L_simple (eq. 14 of 2006.11239) — or the CFM loss (eq. 9 of 2210.02747) for flow —
@@ -242,9 +240,9 @@ class Text2ImageTask(DiffusionImageTask):
     in_key, key = jax.random.split(key)
     x0 = self.model_input(batch, in_key)
     t_B, z, u_B = self.draw_noise(key, x0)
-    tokens = replicated(jnp.asarray(batch["text"] if tokens_BS is None else tokens_BS, jnp.int32))
+    tokens = jnp.asarray(batch["text"] if tokens_BS is None else tokens_BS, jnp.int32)
     p = self.config.diffusion.p_uncond if p_uncond is None else p_uncond
-    tokens = jnp.where(replicated(u_B < p)[:, None], jnp.asarray(self.empty_tokens)[None], tokens)
+    tokens = jnp.where((u_B < p)[:, None], jnp.asarray(self.empty_tokens)[None], tokens)
     context_BSD, mask_BS = self.text_context(text_model, tokens)
     return self.context_loss(model, x0, context_BSD, mask_BS, t_B, z)
 

@@ -45,7 +45,6 @@ from genfm.experiments.data import captions
 from genfm.experiments.data.sources import ArraySource, info_from_arrays
 from genfm.experiments.errors import ConfigError, unknown_choice
 from genfm.experiments.tasks.base import Batch, Task
-from genfm.experiments.tasks.lm import replicate_tokens
 from genfm.transformers import flamingo, gpt, vit, vlm
 
 KINDS = ("llava", "flamingo")
@@ -196,7 +195,6 @@ class VLMTask(Task):
 
   def train_step(self, ctx, batch: Batch, key: jax.Array) -> None:
     del key
-    batch = jax.tree.map(replicate_tokens, batch)   # the embedding gather needs replicated ids
     if self.stage == "text":
       ctx.update("lm", lambda m: (gpt.lm_loss(m(batch["inputs"]), batch["targets"],
                                               batch["loss_mask"]), {}))
@@ -212,7 +210,6 @@ class VLMTask(Task):
   # -- evaluation ------------------------------------------------------------------------------
 
   def eval_metrics(self, models, batch: Batch):
-    batch = jax.tree.map(replicate_tokens, batch)
     correct_B, loss_B = _answer_stats(self.logits(models, batch), batch)
     mask_B = batch["mask"]
     return {"loss": jnp.sum(loss_B * mask_B), "exact_match": jnp.sum(correct_B * mask_B),

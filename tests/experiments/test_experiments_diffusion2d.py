@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genfm.diffusion import gaussian
 from genfm.diffusion import sde as sde_lib
 from genfm.experiments.configs import toy2d_ddpm, toy2d_score_sde
+from genfm.experiments import mesh as meshes
 from genfm.experiments.errors import ConfigError
 from genfm.experiments.tasks.diffusion2d import Diffusion2DTask
 
@@ -98,12 +98,12 @@ def test_vp_dsm_loss_equals_hand_computation(prediction):
 
 @pytest.mark.parametrize("config", [toy2d_ddpm, toy2d_score_sde])
 def test_loss_on_a_data_sharded_batch_equals_unsharded(config):
-  """Under the loop's Explicit `data` mesh (batch sharded, noise drawn like it) the loss is the
-  same number as off-mesh: the sharding path changes layout, not values."""
+  """Under the loop's mesh (batch split over data × fsdp) the loss is the same number as
+  off-mesh: the sharding changes layout, not values."""
   task = Diffusion2DTask(config.get_config("smoke"))
   model, batch, key = perturbed_model(task), toy_batch(), jax.random.key(11)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
-  sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  mesh = meshes.make_mesh(task.config)
+  sharded = jax.device_put(batch, meshes.batch_sharding(mesh))
   graphdef, state = nnx.split(model)
   loss_fn = jax.jit(lambda s, b: task.loss(nnx.merge(graphdef, s), b, key)[0])
   np.testing.assert_allclose(float(loss_fn(state, sharded)), float(loss_fn(state, batch)),

@@ -159,6 +159,11 @@ def test_data_parallel_over_four_cpu_devices(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   s = summary(tmp_path)
   assert s["device_count"] == 4 and s["test_accuracy"] >= 0.95, s
+  four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   assert_one_line_error(launch("fashion_mlp.py:smoke", tmp_path / "odd", "--config.batch_size=66",
-                               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
-                        "not divisible", "4 devices")
+                               env=four),
+                        "config.batch_size=66 is not divisible by the mesh's batch axes data × "
+                        "fsdp = 4 × 1 = 4; use a multiple of 4")
+  assert_one_line_error(launch("fashion_mlp.py:smoke", tmp_path / "mesh", "--config.mesh.model=3",
+                               env=four),
+                        "the fixed axes multiply to 3, which does not divide the 4 devices")
