@@ -24,6 +24,8 @@
 #          T 16k, non-causal: 24 settings, each a Triton compile of three kernels
 #   char   (only when named) the launcher run of shakespeare_char:big_gpu (nanoGPT's GPU recipe,
 #          1.2 TFLOP a step x 5,000 steps; needs the Shakespeare corpus in $GENFM_DATA_DIR)
+#   scale  (only when named) issue #14: the launcher's GPT-2-small-shape run as DP and as FSDP
+#          (300 steps each, steps/s in metrics.jsonl) and the remat memory bench; not yet run
 #   fashion (only when named) the FID classifier fashion_lenet, then fashion_ddpm:gpu (15k steps,
 #          23.8 ms each on the H200 => ~6 min; one eval at the end: 5,000 guided DDIM-50
 #          samples from the EMA weights and 5,000 from the raw ones)
@@ -79,6 +81,13 @@ train() {  # train CONFIG WORKDIR [FLAGS]: a launcher run into runs/WORKDIR
 }
 export -f train; export PY
 stage char 420 bash -c 'train shakespeare_char.py:big_gpu gpu_char_big'
+# Issue #14 (only when named): GPT-2-small shape (char big_gpu recipe) trained through the
+# launcher with the mesh as data parallel and as FSDP over every local GPU (one H200: the two
+# layouts coincide, so this checks the path; on 8 GPUs it is the comparison), 300 steps each:
+# steps/s in their metrics.jsonl; then the memory bench (remat policies) on the GPU.
+stage scale 420 bash -c 'train shakespeare_char.py:big_gpu gpu_char_dp --config.num_train_steps=300 \
+  && train shakespeare_char.py:big_gpu gpu_char_fsdp --config.num_train_steps=300 \
+     --config.mesh.data=1 --config.mesh.fsdp=-1 && $PY -m genfm.experiments.bench memory'
 stage fashion 560 bash -c 'train fashion_lenet.py gpu_fashion_lenet && train fashion_ddpm.py:gpu \
   gpu_fashion_ddpm --config.fid_classifier_workdir=runs/gpu_fashion_lenet'
 # The runs' small files (summary, metrics, samples; not checkpoints), also of a run cut by its limit.

@@ -4,7 +4,10 @@
         --workdir=DIR [--config.key=value ...]
 
 (also installed as the console script `genfm-run`). Rerunning the same command with the same
-workdir resumes from its latest checkpoint. Errors the user can fix (unknown config keys or
+workdir resumes from its latest checkpoint. A multi-process run (several hosts, or several
+processes on one) adds `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to
+every process's command, or `--distributed` on a TPU pod / SLURM; experiments/distributed.py
+gives the commands. Errors the user can fix (unknown config keys or
 choices, missing data sets, a workdir of another run or in use by one, a corrupt checkpoint, a
 NaN loss, a storage error such as a full disk) print one line saying what to do and exit with
 status 2.
@@ -26,6 +29,11 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:v
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host: "
                   "TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS set).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process run: HOST:PORT of process 0, "
+                    "reachable from every process (e.g. 127.0.0.1:12355 on one machine).")
+flags.DEFINE_integer("num_processes", None, "Multi-process run: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process run: this process's id in "
+                     "[0, --num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,14 +48,15 @@ class _QuietLibraries(py_logging.Filter):
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax  # after flag parsing so --help is fast
-
-  if FLAGS.distributed:
-    jax.distributed.initialize()
-  from genfm.experiments.train import train_and_evaluate
+  from genfm.experiments import distributed  # after flag parsing so --help is fast
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
+    # Before anything touches a JAX backend: the devices of every process join one mesh.
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.distributed)
+    from genfm.experiments.train import train_and_evaluate
+
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (UserError, OSError) as e:
     print(f"genfm: error: {one_line(e)}", file=sys.stderr)
@@ -121,7 +130,8 @@ def _parse_flags(argv):
 def _show_our_flags_in_help() -> None:
   """`--help` / `--helpshort` list the key flags of the main module, which for the console
   script `genfm-run` is the script, not this module: register ours under its name too."""
-  for name in ("config", "workdir", "distributed"):
+  for name in ("config", "workdir", "distributed", "coordinator_address", "num_processes",
+               "process_id"):
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 

@@ -183,10 +183,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _check_batch(config, source) -> None:
-  per_process = config.batch_size // jax.process_count()
-  if len(source) < per_process:
+  # One global stream over the whole set (data/pipeline.py): the same bound for any process count.
+  if len(source) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
                       f"({len(source)} examples); use a batch of at most {len(source)}")
+
+
+def _place(state, shardings):
+  """The host's state laid out on the mesh. A jitted identity, not `jax.device_put`: with
+  several processes the shardings span devices this process cannot address, which device_put
+  refuses for typed PRNG keys; each process holds the same values, so each supplies its part."""
+  return jax.jit(lambda s: s, out_shardings=shardings)(state)
+
+
+def _stop_requested(stop) -> bool:
+  """Whether any process got SIGTERM / SIGINT: every process must stop at the same step, or the
+  others wait forever in the next step's collectives. One tiny all-gather per step, and only
+  with several processes."""
+  if jax.process_count() == 1:
+    return bool(stop.signum)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(stop.signum)))))
 
 
 def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
@@ -207,7 +224,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
   _check_batch(config, task.train_source())
   if is_chief:              # only now, with the task and models built from it: a valid config
     workdirs.record_config(config, workdir)
-  state = jax.device_put(state, state_sharding)
+  state = _place(state, state_sharding)
 
   train_iter = data.make_iterator(task.train_source(), seed=config.seed, shuffle=True,
                                   batch_size=config.batch_size // jax.process_count(),
@@ -223,7 +240,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
   elif config.get("init_from", "") or any(dict(config.get("init_from_models", None) or {})
                                           .values()):
     values, lines = initial_values(config, task, jax.device_get(state["models"]))
-    state = jax.device_put(models.initial_state(values), state_sharding)
+    state = _place(models.initial_state(values), state_sharding)
     for line in lines:
       logging.info("init_from: %s", line)
   start = int(state["step"])
@@ -324,15 +341,16 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
         # hundreds of steps ahead, and a SIGTERM would wait for all of them.
         jax.block_until_ready(pending[-2])
       last = step == total
-      if step % config.log_every_steps == 0 or last or stop.signum:
+      stopping = _stop_requested(stop)
+      if step % config.log_every_steps == 0 or last or stopping:
         flush(step)
       # Save before evaluating: whatever fails in an evaluation costs no finished step.
-      if step % config.checkpoint_every_steps == 0 or last or stop.signum:
+      if step % config.checkpoint_every_steps == 0 or last or stopping:
         flush(step)                      # never checkpoint a state that has gone non-finite
         ckpt.save(step, state, json_safe(train_iter.get_state()))
-      if stop.signum:
-        logging.warning("stopped by signal %d at step %d; checkpoint saved. Rerun the same "
-                        "command to resume.", stop.signum, step)
+      if stopping:
+        logging.warning("stopped by signal %s at step %d; checkpoint saved. Rerun the same "
+                        "command to resume.", stop.signum or "(on another process)", step)
         break
       if step % config.eval_every_steps == 0 or last:
         eval_metrics = run_eval(step)

@@ -1,11 +1,22 @@
 """Deterministic, checkpointable batching of a random-access source with grain.
 
-The pipeline maps a batch number to a batch, so it is a `grain.MapDataset`:
+The pipeline maps a batch number to a batch, so it is a `grain.MapDataset`. There is ONE global
+stream, the same for any number of processes: "epoch 0, epoch 1, ..." of ALL records, each epoch
+in its own fixed shuffled order (numpy permutation of all records seeded by (seed, epoch)).
+Global batch b is positions b·B .. b·B+B-1 of it, B = batch_size · process_count, and process p
+of P reads its contiguous slice of that global batch:
 
-  batch b -> positions b·B .. b·B+B-1 of the stream "epoch 0, epoch 1, ..." of this host's
-  shard records[process_index::process_count], each epoch in its own fixed shuffled order
-  (numpy permutation seeded by (seed, epoch)) -> record indices (-1 = padding past the end)
-  -> gather the records -> {key: [B, ...]}
+  batch b of process p -> positions b·B + p·batch_size .. b·B + (p+1)·batch_size - 1
+  -> record indices (-1 = padding past the end) -> gather the records -> {key: [batch_size, ...]}
+
+so a run on P processes trains on exactly the global batches of a run on one process with P
+times the per-process batch (the data-parallel equivalence the multi-process launcher test
+holds to 1e-5). The loop hands each process's rows to `jax.make_array_from_process_local_data`,
+which places them on that process's devices: rows [p·batch_size, (p+1)·batch_size) of the
+global array when the mesh lists the processes in order along its batch axes (`jax.make_mesh`
+does on CPU and GPU), the same rows in another order otherwise — a batch mean does not notice.
+With P = 1 the batches are bitwise those of the per-host-shard pipeline this replaced
+(tests/experiments pin them).
 
 `grain.MapDataset.range(num_batches).map(...).to_iter_dataset()` supplies the iterator,
 prefetching threads and the checkpointable state. The indices are computed with numpy for a
@@ -13,6 +24,8 @@ whole batch: grain's own `shuffle` costs ~35 µs per record in Python (4.5 ms pe
 128, more than a jitted MLP step on this CPU), the numpy version ~0.1 ms per batch. Likewise
 in-memory sources answer a batch with one fancy-index (`source.get_batch(idx_B)`); other
 sources and per-record transforms fall back to `source[i]` per record, giving the same batches.
+Every process computes the permutation of all records (8 bytes a record: 0.5 MB for 60k); the
+gather touches only its own slice.
 
 The iterator's whole state is the number of batches consumed (`get_state()` is a small
 dict); `set_state()` on a fresh iterator built with the same arguments continues with
@@ -40,36 +53,35 @@ _PAD = -1  # index of a padding record
 
 
 class _BatchIndices:
-  """Batch number -> source indices [B] (the last batch may be shorter; -1 = padding)."""
+  """Batch number -> source indices [batch_size] of this process's slice of that global batch
+  (the last batch may be shorter; -1 = padding)."""
 
-  def __init__(self, *, num_local: int, process_index: int, process_count: int,
+  def __init__(self, *, num_records: int, process_index: int, process_count: int,
                batch_size: int, seed: int, shuffle: bool, num_real: int, length: int):
-    self._num_local = num_local  # records in this host's shard (one epoch)
-    self._process_index, self._process_count = process_index, process_count
-    self._batch_size = batch_size
+    self._num_records = num_records  # records in one epoch (all of them, on every process)
+    self._batch_size = batch_size    # per process
+    self._global_batch = batch_size * process_count
+    self._offset = process_index * batch_size  # this process's slice of a global batch
     self._seed = seed % 2**63  # SeedSequence entries must be non-negative
     self._shuffle = shuffle
-    self._num_real = num_real  # positions holding real records (epochs × shard; or maxsize)
+    self._num_real = num_real  # positions holding real records (epochs × records; or maxsize)
     self._length = length      # positions including padding (a multiple of B when padded)
     # A batch spans at most 2 epochs and reader threads run a few batches ahead: keep 4.
     self._permutation = functools.lru_cache(maxsize=4)(self._make_permutation)
 
   def _make_permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self._seed, epoch]).permutation(self._num_local)
+    return np.random.default_rng([self._seed, epoch]).permutation(self._num_records)
 
   def __call__(self, batch: int) -> np.ndarray:
-    start = batch * self._batch_size
+    start = batch * self._global_batch + self._offset
     pos_B = np.arange(start, min(start + self._batch_size, self._length), dtype=np.int64)
     real_B = pos_B < self._num_real
-    epoch_B, offset_B = np.divmod(np.where(real_B, pos_B, 0), self._num_local)
-    local_B = offset_B
+    epoch_B, idx_B = np.divmod(np.where(real_B, pos_B, 0), self._num_records)
     if self._shuffle:
-      local_B = np.empty_like(offset_B)
+      offset_B, idx_B = idx_B, np.empty_like(idx_B)
       for epoch in np.unique(epoch_B):
         in_epoch = epoch_B == epoch
-        local_B[in_epoch] = self._permutation(int(epoch))[offset_B[in_epoch]]
-    # Shard i holds records i, i + count, i + 2·count, ...: local record j is global i + j·count.
-    idx_B = self._process_index + local_B * self._process_count
+        idx_B[in_epoch] = self._permutation(int(epoch))[offset_B[in_epoch]]
     return np.where(real_B, idx_B, _PAD)
 
 
@@ -126,19 +138,21 @@ def make_iterator(
   Args:
     source: a random-access source (`__len__`, `__getitem__` -> dict), e.g. `data.load(...)`.
     batch_size: records per batch on this process (the per-host batch: a launcher with a
-      global batch divides it by `process_count`).
-    seed: shuffle seed; the order is a fixed function of (seed, epoch, shard).
-    shuffle: shuffle within this process's shard, with a new order every epoch.
-    num_epochs: passes over the shard; None repeats forever (batches then run across epoch
+      global batch B divides it by `process_count`). Process p's batch b is rows
+      [p·batch_size, (p+1)·batch_size) of global batch b, the same for any process count.
+    seed: shuffle seed; the order is a fixed function of (seed, epoch), not of the processes.
+    shuffle: shuffle all records, with a new order every epoch.
+    num_epochs: passes over the records; None repeats forever (batches then run across epoch
       boundaries, so no record is dropped).
-    drop_remainder: drop a final short batch (only reachable with a finite `num_epochs`).
-    pad_remainder: for evaluation: pad the final batch with zero records up to `batch_size`
-      and add "mask" float32 [B] (1 real, 0 padding) to every batch. Needs a finite
-      `num_epochs`; overrides `drop_remainder`. Every process gets the same number of
-      batches, even when the shards differ in length by one.
-    process_index: this process's shard, default `jax.process_index()`.
-    process_count: number of shards, default `jax.process_count()`. Shards are
-      `records[process_index::process_count]`: disjoint, and together they cover the set.
+    drop_remainder: drop a final short global batch (only reachable with a finite
+      `num_epochs`); every process then gets the same number of full batches. Without it a
+      process's last batch is its slice of the short global batch (shorter, or absent).
+    pad_remainder: for evaluation: pad the stream with zero records up to a whole global
+      batch and add "mask" float32 [batch_size] (1 real, 0 padding) to every batch. Needs a
+      finite `num_epochs`; overrides `drop_remainder`. Every process gets the same number of
+      batches of the same shape, and every record is read exactly once across processes.
+    process_index: this process, default `jax.process_index()`.
+    process_count: number of processes, default `jax.process_count()`.
     transform: a deterministic per-record map (record -> dict) run on the host before
       stacking; it takes the slower per-record path (vectorise into the model step if hot).
 
@@ -154,42 +168,44 @@ def make_iterator(
   if process_count is None:
     process_count = jax.process_count()
   _check_args(batch_size, num_epochs, pad_remainder, process_index, process_count)
-  num_total = len(source)
-  if num_total == 0:
+  num_records = len(source)
+  if num_records == 0:
     raise DataError(f"{source!r} holds no records")
-  num_local = len(range(process_index, num_total, process_count))
-  if num_local == 0:
-    raise ConfigError(f"shard {process_index} of {process_count} is empty: the source holds "
-                      f"only {num_total} records")
+  global_batch = batch_size * process_count
+  offset = process_index * batch_size  # where this process's slice starts in a global batch
   if num_epochs is None:
     num_real = length = sys.maxsize // 2  # endless: batches run across epoch boundaries
   else:
-    num_real = length = num_local * num_epochs
+    num_real = length = num_records * num_epochs
   if pad_remainder:
-    # Pad every host to the largest shard's batch count: hosts must run the same number of
-    # eval steps or a cross-host collective would wait forever.
-    longest = math.ceil(num_total / process_count) * num_epochs
-    length = math.ceil(longest / batch_size) * batch_size
-    probe = source[process_index]
+    # Pad to whole global batches: hosts must run the same number of eval steps or a
+    # cross-host collective would wait forever.
+    length = math.ceil(num_real / global_batch) * global_batch
+    probe = source[0]
     probe = transform(probe) if transform is not None else probe
     if not isinstance(probe, dict) or "mask" in probe:
       keys = sorted(probe) if isinstance(probe, dict) else ""
       raise ConfigError("pad_remainder needs dict records without a 'mask' key; got "
                         f"{type(probe).__name__} {keys}")
-    num_batches = length // batch_size
-  elif drop_remainder or num_epochs is None:
-    num_batches = length // batch_size
-  else:
-    num_batches = math.ceil(length / batch_size)
+  if pad_remainder or drop_remainder or num_epochs is None:
+    num_batches = length // global_batch
+  else:  # the global batches that reach this process's slice
+    num_batches = max(0, math.ceil((length - offset) / global_batch))
   if num_batches == 0:
-    raise ConfigError(f"batch_size={batch_size} exceeds the {num_local * num_epochs} records of "
-                      f"{num_epochs} epoch(s) on this shard, so drop_remainder=True yields no "
-                      "batch; lower batch_size or pass drop_remainder=False")
-  indices = _BatchIndices(num_local=num_local, process_index=process_index,
+    batch = (f"batch_size={batch_size}" if process_count == 1 else
+             f"the global batch ({process_count} processes × batch_size={batch_size})")
+    if drop_remainder and not pad_remainder:
+      raise ConfigError(f"{batch} exceeds the {num_real} records of {num_epochs} epoch(s), so "
+                        "drop_remainder=True yields no batch; lower batch_size or pass "
+                        "drop_remainder=False")
+    raise ConfigError(f"process {process_index} gets no batch: its slice of {batch} starts past "
+                      f"the {num_real} records of {num_epochs} epoch(s); lower batch_size or "
+                      "pass pad_remainder=True")
+  indices = _BatchIndices(num_records=num_records, process_index=process_index,
                           process_count=process_count, batch_size=batch_size, seed=int(seed),
                           shuffle=shuffle, num_real=num_real, length=length)
   ds = grain.MapDataset.range(num_batches).map(
-      _Gather(indices, source, transform, pad_remainder, filler_index=process_index))
+      _Gather(indices, source, transform, pad_remainder, filler_index=0))
   # A few reader threads and a short prefetch (in batches): enough to hide the gather behind
   # a training step without flooding a small CPU; grain's defaults are 16 and 500.
   read_options = grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1),

@@ -1,4 +1,5 @@
-"""grain batching: shapes, epochs, seeds, checkpoint round trip, host shards, eval padding."""
+"""grain batching: shapes, epochs, seeds, checkpoint round trip, process slices of one global
+stream (the same global batches for any process count), eval padding."""
 
 import itertools
 import json
@@ -93,26 +94,83 @@ def test_restored_state_continues_with_identical_batches(num_epochs):
   assert any(not np.array_equal(a["idx"], b["idx"]) for a, b in zip(expected, fresh))
 
 
-@pytest.mark.parametrize("n,count", [(100, 3), (10, 4), (8, 2)])
-def test_host_shards_are_disjoint_and_cover(n, count):
+def _single_host_reference(n, batch_size, seed, num_batches):
+  """The batches of the single-host pipeline before #14, written out independently: the
+  stream "epoch 0, epoch 1, ..." with epoch e = permutation of range(n) seeded by [seed, e]."""
+  stream = np.concatenate([np.random.default_rng([seed, e]).permutation(n)
+                           for e in range(num_batches * batch_size // n + 1)])
+  return [stream[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
+
+
+def test_one_process_batches_are_bitwise_the_single_host_ones():
+  src = _indexed_source(10)
+  it = data.make_iterator(src, batch_size=4, seed=7, **_one_host())
+  got = [next(it)["idx"].tolist() for _ in range(6)]
+  # Recorded from the pipeline before #14 (a shard per host): a one-process run is unchanged.
+  assert got == [[8, 0, 7, 1], [3, 6, 2, 4], [5, 9, 9, 0], [8, 6, 7, 1], [3, 4, 2, 5],
+                 [1, 5, 3, 4]]
+  for seed in (0, 123, -5):
+    it = data.make_iterator(_indexed_source(23), batch_size=5, seed=seed, **_one_host())
+    for expected in _single_host_reference(23, 5, seed % 2**63, 12):
+      np.testing.assert_array_equal(next(it)["idx"], expected)
+  padded = data.make_iterator(src, batch_size=4, seed=7, num_epochs=1, pad_remainder=True,
+                              **_one_host())
+  assert [b["idx"].tolist() for b in padded] == [[8, 0, 7, 1], [3, 6, 2, 4], [5, 9, 0, 0]]
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+@pytest.mark.parametrize("kw", [
+    dict(num_epochs=None),
+    dict(num_epochs=3),
+    dict(num_epochs=2, shuffle=False),
+    dict(num_epochs=1, pad_remainder=True),
+    dict(num_epochs=2, drop_remainder=False),
+])
+def test_processes_read_their_slice_of_the_one_process_global_batch(count, kw):
+  src, b = _indexed_source(23), 3   # 23 records: global batches straddle epoch ends
+  one = data.make_iterator(src, batch_size=b * count, seed=5, **_one_host(), **kw)
+  hosts = [data.make_iterator(src, batch_size=b, seed=5, process_index=p, process_count=count,
+                              **kw) for p in range(count)]
+  for _ in range(8 if kw["num_epochs"] is None else 100):
+    try:
+      expected = next(one)
+    except StopIteration:
+      for it in hosts:  # every host ends where the global stream ends
+        with pytest.raises(StopIteration):
+          next(it)
+      break
+    parts = [next(it, None) for it in hosts]
+    parts = [p for p in parts if p is not None]  # a short last batch may not reach every host
+    chex.assert_trees_all_equal(_concat(parts), expected)
+
+
+def _concat(batches):
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+@pytest.mark.parametrize("n,count,b", [(100, 3, 3), (10, 4, 3), (8, 2, 3), (3, 4, 1)])
+def test_eval_batches_cover_every_record_once_with_equal_counts(n, count, b):
   src = _indexed_source(n)
-  shards = []
+  counts, real = [], []
   for index in range(count):
-    it = data.make_iterator(src, batch_size=3, seed=0, num_epochs=1, drop_remainder=False,
-                            process_index=index, process_count=count)
-    shards.append(np.concatenate([b["idx"] for b in it]).tolist())
-  for a, b in itertools.combinations(shards, 2):
-    assert not set(a) & set(b)
-  assert sorted(sum(shards, [])) == list(range(n))
-  assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    batches = list(data.make_iterator(src, batch_size=b, seed=0, shuffle=False, num_epochs=1,
+                                      drop_remainder=False, pad_remainder=True,
+                                      process_index=index, process_count=count))
+    counts.append(len(batches))
+    assert all(len(x["idx"]) == b for x in batches)
+    real += [int(i) for x in batches for i, m in zip(x["idx"], x["mask"]) if m]
+  assert counts == [-(-n // (b * count))] * count   # ceil(n / global batch) on every host
+  assert sorted(real) == list(range(n))
 
 
 def test_shard_default_is_this_jax_process():
   import jax
   src = _indexed_source(6)
-  it = data.make_iterator(src, batch_size=6, seed=0, shuffle=False, num_epochs=1)
-  expected = np.arange(6)[jax.process_index()::jax.process_count()]
-  np.testing.assert_array_equal(next(it)["idx"], expected)
+  it = data.make_iterator(src, batch_size=6, seed=0, shuffle=False, num_epochs=None)
+  p = jax.process_index()
+  np.testing.assert_array_equal(next(it)["idx"], np.arange(6 * p, 6 * p + 6) % 6)
+  with pytest.raises(ConfigError, match="process_index < process_count"):
+    data.make_iterator(src, batch_size=1, seed=0, process_index=jax.process_count())
 
 
 def test_pad_remainder_masks_padding_with_zero_records():
@@ -160,6 +218,10 @@ def test_drop_remainder_false_keeps_the_short_last_batch():
     (dict(batch_size=2, pad_remainder=True), "needs a finite num_epochs"),
     (dict(batch_size=2, process_index=2, process_count=2), "process_index < process_count"),
     (dict(batch_size=64, num_epochs=1), "yields no batch"),
+    (dict(batch_size=4, num_epochs=1, process_index=1, process_count=3),
+     r"global batch \(3 processes × batch_size=4\) exceeds the 10 records"),
+    (dict(batch_size=4, num_epochs=1, drop_remainder=False, process_index=3, process_count=4),
+     "process 3 gets no batch"),
 ])
 def test_bad_arguments_raise_config_error(kw, needle):
   kw = {"process_index": 0, "process_count": 1, **kw}
