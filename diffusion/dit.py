@@ -214,6 +214,32 @@ class FinalLayer(nnx.Module):
 class DiT(nnx.Module):
   """(x [B, H, W, C], t [B], labels [B] | None) → [B, H, W, C_out]; see the module docstring."""
 
+  # Logical axes of every parameter (`genfm.foundations.partitioning`; GSPMD, 2105.04663).
+  # Megatron split (1909.08053 sec. 3): q/k/v [D, N, H] and MLP up [D, F] column-parallel
+  # (output on `model`), out-projections and MLP down row-parallel (input on `model`); the
+  # cross-attention's 2-D kernels split D = N·H the same way (N·H blocks of whole heads when
+  # `model` divides N). `embed` (FSDP, 1910.02054) is the width D (and the text width of the
+  # cross-attention's k/v). adaLN regressors [D, 6D] are a third of a block's weights, so they
+  # are column-split too (their [B, 6D] output is small to gather). Patch features p·p·C, the
+  # class table's num_classes + 1 rows (odd: no mesh axis divides them), the time features and
+  # the p·p·C_out output stay unsplit; biases are replicated.
+  PARAM_AXES = (
+      (r"attn/(q|k|v)_proj/kernel$", ("embed", "heads", None)),
+      (r"attn/o_proj/kernel$", ("heads", None, "embed")),
+      (r"attn/(q|k|v)_proj/bias$", (None, None)),  # [N, H]
+      (r"cross_attn/(q|k|v)/kernel$", ("embed", "heads")),
+      (r"cross_attn/out/kernel$", ("heads", "embed")),
+      (r"mlp/up/kernel$", ("embed", "mlp")),
+      (r"mlp/down/kernel$", ("mlp", "embed")),
+      (r"ada/kernel$", ("embed", "mlp")),  # [D, 6D] in a block, [D, 2D] in the final layer
+      (r"^embed/kernel$", (None, "embed")),  # patch embedding [p·p·C, D]
+      (r"^t_mlp1/kernel$", (None, "embed")),  # [freq_dim, D]
+      (r"^t_mlp2/kernel$", ("embed", None)),
+      (r"^label_emb/embedding$", (None, "embed")),
+      (r"^final/linear/kernel$", ("embed", None)),  # [D, p·p·C_out]
+      (r"(scale|bias)$", (None,)),
+  )
+
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     D = cfg.hidden

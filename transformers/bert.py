@@ -81,6 +81,24 @@ def param_count(cfg: BertConfig) -> int:
 class Bert(nnx.Module):
   """tokens [B, T] → MLM logits [B, T, V] (fp32); `encode` gives the hidden states [B, T, D]."""
 
+  # Logical axes of every parameter (`genfm.foundations.partitioning`; GSPMD, 2105.04663).
+  # Megatron split (1909.08053 sec. 3): q/k/v [D, N, H] and FFN up [D, F] are column-parallel
+  # (their output heads / hidden units on `model`), the out-projection [N, H, D] and FFN down
+  # [F, D] row-parallel (their input on `model`): one all-reduce per sublayer. `embed` (FSDP,
+  # 1910.02054) is the width D of every matrix. The tied table is split by vocabulary rows, so
+  # the MLM logits come out vocabulary-parallel. Biases and LayerNorms are replicated.
+  PARAM_AXES = (
+      (r"attn/(q|k|v)_proj/kernel$", ("embed", "heads", None)),
+      (r"attn/o_proj/kernel$", ("heads", None, "embed")),
+      (r"attn/(q|k|v)_proj/bias$", (None, None)),  # [N, H]
+      (r"ffn/up/kernel$", ("embed", "mlp")),
+      (r"ffn/down/kernel$", ("mlp", "embed")),
+      (r"^embed/embedding$", ("vocab", "embed")),
+      (r"^(pos_embed/embed|type_embed)/embedding$", (None, "embed")),  # positions, segments
+      (r"^head_dense/kernel$", ("embed", None)),  # D → D transform of the MLM head
+      (r"(scale|bias)$", (None,)),  # LayerNorms, biases, the MLM head's output bias [V]
+  )
+
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     D = cfg.d_model

@@ -189,6 +189,23 @@ def _check_tokens(name: str, tokens: Array) -> None:
 class T5(nnx.Module):
   """(encoder tokens [B, S], decoder tokens [B, T]) → logits [B, T, V] (fp32)."""
 
+  # Logical axes of every parameter (`genfm.foundations.partitioning`; GSPMD, 2105.04663).
+  # Megatron split (1909.08053 sec. 3) in self- and cross-attention alike: q/k/v [D, N, H] and
+  # FFN up/gate [D, F] column-parallel (output on `model`), out-projection [N, H, D] and FFN
+  # down [F, D] row-parallel (input on `model`). `embed` (FSDP, 1910.02054) is the width D. The
+  # shared (tied) table is split by vocabulary rows. The relative-position bias [buckets, N] is
+  # split by head, as the logits it is added to are; RMSNorm scales are replicated.
+  PARAM_AXES = (
+      (r"attn/(q|k|v)_proj/kernel$", ("embed", "heads", None)),
+      (r"attn/o_proj/kernel$", ("heads", None, "embed")),
+      (r"ffn/(up|gate)/kernel$", ("embed", "mlp")),
+      (r"ffn/down/kernel$", ("mlp", "embed")),
+      (r"^embed/embedding$", ("vocab", "embed")),
+      (r"_pos/table/embedding$", (None, "heads")),  # relative: [buckets, N]
+      (r"_pos/embed/embedding$", (None, "embed")),  # positions="learned": [max_len, D]
+      (r"(scale|bias)$", (None,)),
+  )
+
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
     D = cfg.d_model
