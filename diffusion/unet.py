@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from genfm.diffusion.cross_attention import CrossAttention
+from genfm.foundations import remat as remat_lib
 
 Array = jax.Array
 _zeros = nnx.initializers.zeros_init()
@@ -153,8 +154,12 @@ class UNetConfig:
   image_size: int = 32
   context_dim: int | None = None            # width of the text states; None: no text
   cross_attn_resolutions: tuple[int, ...] = ()   # sizes (H) with cross-attention (+ the middle)
+  # Activation checkpointing of every ResAttn block and middle block (`foundations/remat.py`,
+  # 1604.06174): "none" | "full" (recompute each block in the backward pass) | "dots".
+  remat: str = "none"
 
   def __post_init__(self):
+    remat_lib.check_policy(self.remat)
     if self.context_dim is None and self.cross_attn_resolutions:
       raise ValueError(f"cross_attn_resolutions={self.cross_attn_resolutions} needs the text "
                        "width: set context_dim")
@@ -164,6 +169,27 @@ class UNetConfig:
 
 class UNet(nnx.Module):
   """ε/x₀/v-prediction network: (x [B, H, W, C], t [B], labels [B] | None) → [B, H, W, C]."""
+
+  # Logical axes of every parameter, read by `genfm.foundations.partitioning` (regex searched in
+  # the path 'down/0/res/conv1/kernel'; first match wins). Convs [kh, kw, C_in, C_out]: C_in is
+  # `embed` (FSDP, 1910.02054) except conv_in's, which is the image's 1 or 3 channels; conv_out's
+  # C_out is the image's channels, so left whole. Self-/cross-attention and the time MLP are
+  # Megatron column/row pairs (1909.08053): qkv, q/k/v, temb1 on heads/mlp; proj, out, temb2 on
+  # their input dim. GroupNorm scales and all biases stay replicated.
+  PARAM_AXES = (
+      (r"^conv_in/kernel$", (None, None, None, "conv_out")),
+      (r"^conv_out/kernel$", (None, None, "embed", None)),
+      (r"(conv|conv1|conv2|skip)/kernel$", (None, None, "embed", "conv_out")),
+      (r"attn/qkv/kernel$", ("embed", "heads")),                # [C, 3C]
+      (r"attn/proj/kernel$", ("heads", "embed")),               # [C, C]
+      (r"xattn/(q|k|v)/kernel$", ("embed", "heads")),           # [C or D_ctx, C]
+      (r"xattn/out/kernel$", ("heads", "embed")),               # [C, C]
+      (r"^temb1/kernel$", ("embed", "mlp")),                    # [ch, 4ch]
+      (r"^temb2/kernel$", ("mlp", "embed")),                    # [4ch, 4ch]
+      (r"temb_proj/kernel$", ("embed", "conv_out")),            # [4ch, C_out]
+      (r"^label_emb/embedding$", (None, "embed")),              # [classes + 1, 4ch]
+      (r"(scale|bias)$", (None,)),
+  )
 
   def __init__(self, cfg: UNetConfig, *, encoder_only: bool = False, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -270,14 +296,19 @@ class UNet(nnx.Module):
       h = h + hint_BHWC
     hs = [h]
     ctx = (context_BSD, context_mask_BS)
+    block = self._block
     for layer in self.down:
-      h = layer(h, temb, *ctx) if isinstance(layer, ResAttn) else layer(h, temb)
+      h = block(layer, h, temb, *ctx) if isinstance(layer, ResAttn) else layer(h, temb)
       hs.append(h)
-    h = self.mid_attn(self.mid1(h, temb))
+    h = block(self.mid_attn, block(self.mid1, h, temb))
     if cfg.context_dim is not None:
-      h = self.mid_xattn(h, *ctx)
-    h = self.mid2(h, temb)
+      h = block(self.mid_xattn, h, *ctx)
+    h = block(self.mid2, h, temb)
     return h, hs, temb
+
+  def _block(self, module: nnx.Module, *args):
+    """module(*args), rematerialised per `UNetConfig.remat` ("none": the plain call)."""
+    return remat_lib.remat(_apply, self.cfg.remat)(module, *args)
 
   def decode(self, h: Array, hs: list[Array], temb: Array, *,
              context_BSD: Array | None = None, context_mask_BS: Array | None = None,
@@ -301,5 +332,9 @@ class UNet(nnx.Module):
       if isinstance(layer, Upsample):
         h = layer(h, temb)
       else:
-        h = layer(jnp.concatenate([h, hs.pop()], axis=-1), temb, *ctx)   # skip connection
+        h = self._block(layer, jnp.concatenate([h, hs.pop()], axis=-1), temb, *ctx)   # skip
     return self.conv_out(jax.nn.silu(self.norm_out(h)))
+
+
+def _apply(module: nnx.Module, *args):
+  return module(*args)

@@ -115,6 +115,8 @@ BENCHES = {
     "latent_vs_pixel": "genfm.experiments.bench_ldm:latent_vs_pixel",
     "text2image": "genfm.experiments.bench_t2i:text2image_bench",
     "controlnet": "genfm.experiments.bench_controlnet:controlnet_bench",
+    "parallel": "genfm.experiments.bench_parallel:parallel_bench",
+    "memory": "genfm.experiments.bench_memory:memory_bench",
 }
 
 

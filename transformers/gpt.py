@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from genfm.foundations import remat as remat_lib
 from genfm.transformers import attention, block, ffn, kv_cache, moe, norms, positions
 
 Array = jax.Array
@@ -66,9 +67,15 @@ class GPTConfig:
   # Compute dtype of activations and matmuls. Parameters, optimizer state, norms' statistics,
   # attention softmax, router and logits stay fp32 (mixed precision, 1710.03740).
   dtype: str = "float32"
+  # Activation checkpointing per transformer block (`foundations/remat.py`, 1604.06174):
+  # "none" | "full" (keep only each block's input, recompute it in the backward pass) |
+  # "dots" (keep the matmul outputs, recompute the rest). Training only: decoding with the KV
+  # cache never rematerialises.
+  remat: str = "none"
 
   def __post_init__(self):
     _check_choice("dtype", self.dtype, DTYPES)
+    _check_choice("remat", self.remat, remat_lib.POLICIES)
     _check_choice("positions", self.positions, POSITIONS)
     _check_choice("norm", self.norm, norms.NORMS)
     _check_choice("norm_placement", self.norm_placement, block.PLACEMENTS)
@@ -159,6 +166,32 @@ def _attention_fn(impl: str):  # model would give each model its own jit cache e
 
 class GPT(nnx.Module):
   """tokens [B, T] → logits [B, T, V] (fp32). See `GPTConfig`."""
+
+  # Logical axes of every parameter, read by `genfm.foundations.partitioning` (regex searched in
+  # the path 'layers/0/attn/q_proj/kernel'; first match wins; one name or None per dim).
+  # Megatron TP (1909.08053 sec. 3): q/k/v and FFN up/gate are column-parallel (output dim on
+  # heads/mlp), o_proj and FFN down row-parallel (input dim), so each block needs one all-reduce
+  # per sublayer; FSDP (1910.02054) shards the width dim `embed` of every matrix. k/v are
+  # `kv_heads` (= heads when K = N). MoE experts [E, D, F] split F like a dense FFN.
+  PARAM_AXES = (
+      (r"pos_embed/embed/embedding$", (None, "embed")),        # [context, D]
+      (r"^embed/embedding$", ("vocab", "embed")),              # [V, D], also the tied head
+      (r"^lm_head/kernel$", ("embed", "vocab")),               # [D, V] (untied)
+      (r"attn/q_proj/kernel$", ("embed", "heads", None)),      # [D, N, H] column-parallel
+      (r"attn/(k|v)_proj/kernel$", ("embed", "kv_heads", None)),  # [D, K, H]
+      (r"attn/o_proj/kernel$", ("heads", None, "embed")),      # [N, H, D] row-parallel
+      (r"attn/(q|k|v)_proj/bias$", (None, None)),              # [N, H] / [K, H]
+      (r"ffn/(up|gate)/kernel$", ("embed", "mlp")),            # [D, F] column-parallel
+      (r"ffn/down/kernel$", ("mlp", "embed")),                 # [F, D] row-parallel
+      (r"ffn/router/kernel$", ("embed", None)),                # [D, E]
+      (r"ffn/w_(up|gate)$", (None, "embed", "mlp")),           # [E, D, F]
+      (r"ffn/w_down$", (None, "mlp", "embed")),                # [E, F, D]
+      (r"^soft_prompt/embedding$", (None, "embed")),           # [P, D] (prompt tuning)
+      (r"^prefix/kv$", (None, None, None, None, None)),        # [L, 2, P, K, H] (prefix tuning)
+      (r"^prefix/b1$", (None,)),
+      (r"^prefix/(embed|w1|w2|b2)$", (None, None)),
+      (r"(scale|bias)$", (None,)),                             # norms, o_proj / FFN biases
+  )
 
   def __init__(self, cfg: GPTConfig, *, attention_fn: attention.AttentionFn | None = None,
                rngs: nnx.Rngs):
@@ -351,7 +384,12 @@ class GPT(nnx.Module):
         attn_kwargs["kv_prefix"] = kv_prefix[i]
       if media_BMD is not None and self.cross_attn[i] is not None:  # GATED XATTN-DENSE, then
         x_BTD = self.cross_attn[i](x_BTD, media_BMD)                 # the LM layer (Fig. 4)
-      x_BTD, aux, new_cache = layer(x_BTD, positions_BT=positions_BT, cache=cache, **attn_kwargs)
+      if caches is None:  # the block's non-array arguments (rope, window) stay in the closure
+        run = _block_runner(positions_BT, dict(attn_kwargs))
+        x_BTD, aux, new_cache = remat_lib.remat(run, cfg.remat)(layer, x_BTD)
+      else:
+        x_BTD, aux, new_cache = layer(x_BTD, positions_BT=positions_BT, cache=cache,
+                                      **attn_kwargs)
       new_caches.append(new_cache)
       for name, val in aux.items():
         aux_sum[name] = aux_sum.get(name, 0.0) + val
@@ -395,6 +433,15 @@ class GPT(nnx.Module):
       names = ("load_balance", "router_z", "dropped_fraction")
       out += ({k: aux_sum.get(k, jnp.zeros(())) / max(n_moe, 1) for k in names},)
     return out[0] if len(out) == 1 else out
+
+
+def _block_runner(positions_BT: Array, kwargs: dict):
+  """(block, x_BTD) → block(x_BTD, ...) without a cache: the unit `GPTConfig.remat`
+  checkpoints. Only the module and x are arguments of the checkpointed function; positions,
+  masks and the rope/window options are closed over (constants of its trace)."""
+  def run(layer: block.Block, x_BTD: Array):
+    return layer(x_BTD, positions_BT=positions_BT, **kwargs)
+  return run
 
 
 def lm_loss(logits_BTV: Array, targets_BT: Array, mask_BT: Array | None = None) -> Array:

@@ -69,6 +69,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       "num_heads": 1,
       "num_groups": 8,
       "dropout": 0.0,
+      "remat": "none",                        # checkpoint each U-Net block: none | full | dots
   })
   c.diffusion = ml_collections.ConfigDict({
       "prediction": "eps",          # eps | x0 | v

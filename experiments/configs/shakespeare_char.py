@@ -53,7 +53,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({
       "context_len": 64, "num_layers": 4, "num_heads": 4, "d_model": 128,
       "positions": "learned", "norm": "layernorm", "ffn": "gelu", "use_bias": True,
-      "dropout": 0.0})
+      "dropout": 0.0,
+      "remat": "none"})   # activation checkpointing per block: none | full | dots
   c.batch_size = 12
   # nanoGPT's train_shakespeare_char optimizer: AdamW β₂ 0.99, decay 0.1 on matrices only
   # (kernels, embeddings; not biases or LayerNorm gains), 100 warmup steps, cosine to lr / 10.

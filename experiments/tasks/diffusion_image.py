@@ -251,7 +251,7 @@ class DiffusionImageTask(Task):
     try:
       cfg = UNetConfig(image_channels=self.image_shape[2], image_size=self.image_shape[0],
                        num_classes=self.num_classes, **m)
-    except TypeError as e:                      # an unknown key under config.model
+    except (TypeError, ValueError) as e:        # an unknown key or choice under config.model
       raise ConfigError(f"config.model for the U-Net: {e}") from None
     return UNet(cfg, rngs=rngs)
 
