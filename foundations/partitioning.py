@@ -62,22 +62,32 @@ def _table(model: nnx.Module):
   return [(re.compile(rx), tuple(axes)) for rx, axes in table]
 
 
+def _row(table, path: str, ndim: int):
+  """The axes of the first row whose regex matches `path` and whose rank is `ndim`, or None.
+  Rank is part of the match: a parameter added to a model later (a reward head's scalar bias,
+  an adapter) that a generic row like 'bias$' names with another rank is replicated."""
+  return next((a for rx, a in table if rx.search(path) and len(a) == ndim), None)
+
+
+def _shape(v):
+  return tuple(v.shape if hasattr(v, "shape") else v.value.shape)
+
+
 def unmatched(model: nnx.Module) -> list[str]:
-  """Paths of the model's parameters that no row of its `PARAM_AXES` matches."""
+  """Paths of the model's parameters that no row of its `PARAM_AXES` matches (regex and rank):
+  the model's own tests hold this to [] so a table with a wrong rank cannot pass."""
   table = _table(model)
-  return [p for p, _ in _params(model) if not any(rx.search(p) for rx, _ in table)]
+  return [p for p, v in _params(model) if _row(table, p, len(_shape(v))) is None]
 
 
 def param_axes(model: nnx.Module) -> dict[str, Axes]:
-  """Path → logical axes of each parameter (first matching row; no row → all None)."""
+  """Path → logical axes of each parameter (first row matching its path and rank; no row →
+  all None, i.e. replicated)."""
   table = _table(model)
   out = {}
   for path, v in _params(model):
-    shape = v.shape if hasattr(v, "shape") else v.value.shape
-    axes = next((a for rx, a in table if rx.search(path)), (None,) * len(shape))
-    if len(axes) != len(shape):
-      raise ValueError(f"{type(model).__name__}.PARAM_AXES gives {path} the axes {axes} "
-                       f"(rank {len(axes)}) but the parameter has shape {tuple(shape)}")
+    shape = _shape(v)
+    axes = _row(table, path, len(shape)) or (None,) * len(shape)
     bad = [a for a in axes if a is not None and a not in LOGICAL_AXES]
     if bad:
       raise ValueError(f"{type(model).__name__}.PARAM_AXES names unknown logical axes {bad} "
@@ -139,7 +149,7 @@ def model_specs(model: nnx.Module, rules: Rules | Mapping = DEFAULT_RULES,
   for (path, v), axes in zip(_params(model), param_axes(model).values()):
     spec = logical_to_spec(axes, rules, mesh_shape)
     if mesh_shape is not None:
-      check_divisible(path, v.shape if hasattr(v, "shape") else v.value.shape, spec,
+      check_divisible(path, _shape(v), spec,
                       mesh_shape, axes)
     out[path] = spec
   return out
