@@ -133,12 +133,9 @@ def param_specs(models, config, shape: dict[str, int]) -> dict[str, dict[str, tu
   out = {}
   for name, axes_by_path in models.param_axes.items():
     shapes = models.param_shapes[name]
-    out[name] = {}
-    for path, axes in axes_by_path.items():
-      spec = partitioning.logical_to_spec(axes, r, shape)
-      try:
-        partitioning.check_divisible(f"{name}/{path}", shapes[path], spec, shape, axes)
-      except ValueError as e:
-        raise ConfigError(str(e)) from None
-      out[name][path] = (spec, tuple(shapes[path]))
+    try:
+      by_path = partitioning.specs(axes_by_path, shapes, r, shape, prefix=f"{name}/")
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    out[name] = {p: (spec, tuple(shapes[p])) for p, spec in by_path.items()}
   return out

@@ -142,14 +142,21 @@ def check_divisible(path: str, shape: Sequence[int], spec: P, mesh_shape: Mappin
           "to None in config.sharding_rules")
 
 
+def specs(axes_by_path: Mapping[str, Axes], shapes: Mapping[str, Sequence[int]],
+          rules: Rules | Mapping = DEFAULT_RULES, mesh_shape: Mapping[str, int] | None = None,
+          prefix: str = "") -> dict[str, P]:
+  """Path → PartitionSpec from logical axes and shapes, divisibility checked (the message names
+  `prefix + path`)."""
+  out = {}
+  for path, axes in axes_by_path.items():
+    spec = logical_to_spec(axes, rules, mesh_shape)
+    if mesh_shape is not None:
+      check_divisible(prefix + path, shapes[path], spec, mesh_shape, axes)
+    out[path] = spec
+  return out
+
+
 def model_specs(model: nnx.Module, rules: Rules | Mapping = DEFAULT_RULES,
                 mesh_shape: Mapping[str, int] | None = None) -> dict[str, P]:
   """Path → PartitionSpec of each parameter of `model`, divisibility checked."""
-  out = {}
-  for (path, v), axes in zip(_params(model), param_axes(model).values()):
-    spec = logical_to_spec(axes, rules, mesh_shape)
-    if mesh_shape is not None:
-      check_divisible(path, _shape(v), spec,
-                      mesh_shape, axes)
-    out[path] = spec
-  return out
+  return specs(param_axes(model), {p: _shape(v) for p, v in _params(model)}, rules, mesh_shape)
