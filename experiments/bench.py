@@ -117,6 +117,7 @@ BENCHES = {
     "controlnet": "genfm.experiments.bench_controlnet:controlnet_bench",
     "parallel": "genfm.experiments.bench_parallel:parallel_bench",
     "memory": "genfm.experiments.bench_memory:memory_bench",
+    "gpt_vs_nanogpt": "genfm.experiments.bench_peers:gpt_vs_nanogpt",
 }
 
 

@@ -62,8 +62,9 @@ def gpt_train_step(emit) -> None:
   cases = [("cpu_config", CPU_CONFIG, 12, 20), ("gpt2_small_shape", GPT2_SMALL, 2, 3)]
   if jax.default_backend() != "cpu":  # the accelerator row: bf16 compute, full GPT-2 context,
     # MFU against the bf16 matmul peak that `matmul_peak` measures there.
-    # One row per attention path: XLA's, cuDNN's fused kernel and our Pallas flash attention.
-    for impl in ("xla", "cudnn", "pallas"):
+    # One row per attention path: the GPT's default (the jnp reference with FlashAttention-2's
+    # closed-form backward), XLA's, cuDNN's fused kernel and our Pallas flash attention.
+    for impl in ("reference_vjp", "xla", "cudnn", "pallas"):
       cases.append((f"gpt2_small_bf16_{impl}", dataclasses.replace(
           GPT2_SMALL, context_len=1024, dtype="bfloat16", attention_impl=impl), 16, 10))
   for label, cfg, batch, iters in cases:

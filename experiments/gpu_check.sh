@@ -12,7 +12,9 @@
 #   flash  flash_attention bench, bf16: head dim 128 at T = 1k/4k/16k and 64 at 4k, causal and
 #          not, Pallas vs XLA vs cuDNN, fwd and fwd+bwd TFLOP/s and temp memory
 #   gpt    gpt_train_step (CPU config, GPT-2-small fp32; GPT-2-small bf16 at context 1024 with
-#          XLA, cuDNN and our Pallas attention: MFU)
+#          the default reference_vjp, XLA, cuDNN and our Pallas attention: MFU)
+#   Issue #15 (GPU half, not yet run on a device): `gpu_check.sh OUT "flash tune gpt"` gives
+#          Pallas vs cuDNN fwd / fwd+bwd at head dim 128, the tile sweep and the MFU rows.
 #   ddpm   ddpm_train_step and diffusion_sample (2-D MLP and the :gpu U-Net; DDPM-1000 last;
 #          80 s on the H200 ended before the U-Net sampling rows)
 #   vision (only when named) vit_vs_resnet (the ViT also with attention_impl xla and pallas) and

@@ -10,6 +10,7 @@ Layout is BTNH, the layout of `jax.nn.dot_product_attention`, whose signature
 """
 
 from collections.abc import Callable
+import functools
 import math
 from typing import Any
 
@@ -23,7 +24,7 @@ AttentionFn = Callable[..., Array]
 # Masked logits are set to this large *finite* negative rather than -inf: a row whose keys are
 # all masked (a padded query) then gives a uniform softmax instead of NaN = (-inf) - (-inf).
 MASK_VALUE = -1e30
-IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+IMPLEMENTATIONS = ("reference", "reference_vjp", "xla", "cudnn")
 
 
 def _window_pair(local_window_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -99,10 +100,13 @@ def reference_attention(
     query_seq_lengths: Array | None = None,
     key_value_seq_lengths: Array | None = None,
     local_window_size: int | tuple[int, int] | None = None,
+    explicit_vjp: bool = False,
 ) -> Array:
   """Pure-jnp softmax(q kᵀ · scale + bias) v with GQA; fp32 reference for every fast path.
 
   `bias` and `mask` broadcast to [B, N, T, S]; `mask` is boolean, True = attend.
+  `explicit_vjp=True` keeps this forward and replaces autodiff's backward by the closed form of
+  FlashAttention-2 (`_attend_vjp`): reverse mode only (no `jax.jvp`).
   """
   N, K = _check_shapes(q_BTNH, k_BSKH, v_BSKH)
   B, T, _, H = q_BTNH.shape
@@ -111,28 +115,80 @@ def reference_attention(
   scale = 1.0 / math.sqrt(H) if scale is None else scale
   # Query head n = k·G + g uses KV head k (the grouping of 2305.13245, sec. 2.2).
   q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
-  # Logits in fp32 whatever the input dtype: the mask value and the max-subtraction inside the
-  # softmax need fp32 range/precision (bf16 keeps 8 mantissa bits, fp16 overflows at 65504).
-  logits_BKGTS = jnp.einsum(
-      "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
-  logits_BKGTS = logits_BKGTS.astype(jnp.float32) * scale  # QKᵀ/√d_k, eq. (1) of 1706.03762
+  bias_BKGTS = None
   if bias is not None:
-    bias_BNTS = jnp.broadcast_to(bias, (B, N, T, S)).astype(jnp.float32)
-    logits_BKGTS = logits_BKGTS + bias_BNTS.reshape(B, K, G, T, S)
+    bias_BKGTS = jnp.broadcast_to(bias, (B, N, T, S)).astype(jnp.float32).reshape(B, K, G, T, S)
   full_mask = attention_mask(
       T, S, is_causal=is_causal, local_window_size=local_window_size,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths)
   if mask is not None:
     full_mask = full_mask & jnp.asarray(mask, dtype=bool)
   mask_BKGTS = jnp.broadcast_to(full_mask, (B, N, T, S)).reshape(B, K, G, T, S)
-  logits_BKGTS = jnp.where(mask_BKGTS, logits_BKGTS, MASK_VALUE)
-  probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)  # softmax(·) V, eq. (1) of 1706.03762
-  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+  attend = _attend_vjp if explicit_vjp else _attend
+  out_BTKGH = attend(q_BTKGH, k_BSKH, v_BSKH, bias_BKGTS, mask_BKGTS, scale)
   out_BTNH = out_BTKGH.reshape(B, T, N, H)
   if query_seq_lengths is not None:  # padded queries output zeros, like jax.nn
     valid_BT = jnp.arange(T)[None, :] < query_seq_lengths[:, None]
     out_BTNH = out_BTNH * valid_BT[:, :, None, None].astype(out_BTNH.dtype)
   return out_BTNH
+
+
+def _probs(q_BTKGH, k_BSKH, bias_BKGTS, mask_BKGTS, scale) -> Array:
+  """P = softmax(QKᵀ · scale + bias) over keys, masked, fp32 [B, K, G, T, S]."""
+  # Logits in fp32 whatever the input dtype: the mask value and the max-subtraction inside the
+  # softmax need fp32 range/precision (bf16 keeps 8 mantissa bits, fp16 overflows at 65504).
+  logits_BKGTS = jnp.einsum(
+      "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+  logits_BKGTS = logits_BKGTS.astype(jnp.float32) * scale  # QKᵀ/√d_k, eq. (1) of 1706.03762
+  if bias_BKGTS is not None:
+    logits_BKGTS = logits_BKGTS + bias_BKGTS
+  logits_BKGTS = jnp.where(mask_BKGTS, logits_BKGTS, MASK_VALUE)
+  return jax.nn.softmax(logits_BKGTS, axis=-1)  # softmax(·) V, eq. (1) of 1706.03762
+
+
+def _attend(q_BTKGH, k_BSKH, v_BSKH, bias_BKGTS, mask_BKGTS, scale) -> Array:
+  probs_BKGTS = _probs(q_BTKGH, k_BSKH, bias_BKGTS, mask_BKGTS, scale)
+  return jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attend_vjp(q_BTKGH, k_BSKH, v_BSKH, bias_BKGTS, mask_BKGTS, scale) -> Array:
+  """`_attend` with the backward of FlashAttention-2 (2307.08691, sec. 3.1.2 / Alg. 2), untiled.
+
+  With P the probabilities and O = P V, the backward is dV = Pᵀ dO, dP = dO Vᵀ,
+  dS = P ∘ (dP − D) with D = rowsum(dO ∘ O) (= rowsum(dP ∘ P), eq. in sec. 3.1.2 of 2307.08691),
+  dQ = dS K · scale, dK = dSᵀ Q · scale, d(bias) = dS. D sums over the head dim H instead of the
+  keys S, and the program XLA sees is the five matmuls and one elementwise pass of the paper
+  instead of autodiff's chain through the softmax: a GPT-2 train step on XLA:CPU spends about
+  half as long in attention (`genfm-bench gpt_vs_nanogpt`, issue #15).
+  """
+  return _attend(q_BTKGH, k_BSKH, v_BSKH, bias_BKGTS, mask_BKGTS, scale)
+
+
+def _attend_vjp_fwd(q_BTKGH, k_BSKH, v_BSKH, bias_BKGTS, mask_BKGTS, scale):
+  probs_BKGTS = _probs(q_BTKGH, k_BSKH, bias_BKGTS, mask_BKGTS, scale)
+  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+  has_bias = None if bias_BKGTS is None else jnp.zeros(())  # residuals are arrays (or None)
+  return out_BTKGH, (q_BTKGH, k_BSKH, v_BSKH, probs_BKGTS, out_BTKGH, mask_BKGTS, has_bias)
+
+
+def _attend_vjp_bwd(scale, res, do_BTKGH):
+  q_BTKGH, k_BSKH, v_BSKH, probs_BKGTS, out_BTKGH, mask_BKGTS, has_bias = res
+  f32 = jnp.float32
+  dv_BSKH = jnp.einsum("BKGTS,BTKGH->BSKH", probs_BKGTS.astype(v_BSKH.dtype),
+                       do_BTKGH.astype(v_BSKH.dtype), preferred_element_type=f32)
+  dp_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", do_BTKGH, v_BSKH, preferred_element_type=f32)
+  d_BKGT = jnp.einsum("BTKGH,BTKGH->BKGT", do_BTKGH.astype(f32), out_BTKGH.astype(f32))
+  # Masked logits were replaced by a constant: no gradient reaches them (as autodiff of the
+  # `where`), which matters for fully masked rows, whose uniform P is not 0 there.
+  ds_BKGTS = jnp.where(mask_BKGTS, probs_BKGTS * (dp_BKGTS - d_BKGT[..., None]), 0.0)
+  dq_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", ds_BKGTS, k_BSKH.astype(f32)) * scale
+  dk_BSKH = jnp.einsum("BKGTS,BTKGH->BSKH", ds_BKGTS, q_BTKGH.astype(f32)) * scale
+  return (dq_BTKGH.astype(q_BTKGH.dtype), dk_BSKH.astype(k_BSKH.dtype),
+          dv_BSKH.astype(v_BSKH.dtype), None if has_bias is None else ds_BKGTS, None)
+
+
+_attend_vjp.defvjp(_attend_vjp_fwd, _attend_vjp_bwd)
 
 
 def dot_product_attention(
@@ -151,8 +207,10 @@ def dot_product_attention(
 ) -> Array:
   """`jax.nn.dot_product_attention`'s signature; `implementation` picks the backend.
 
-  "reference" (also None): `reference_attention`. "xla" / "cudnn": `jax.nn.dot_product_attention`
-  (which handles GQA itself). Anything else raises instead of silently falling back.
+  "reference" (also None): `reference_attention`. "reference_vjp": the same forward with
+  FlashAttention-2's closed-form backward (reverse mode only; the GPT's default). "xla" / "cudnn":
+  `jax.nn.dot_product_attention` (which handles GQA itself). Anything else raises instead of
+  silently falling back.
   """
   impl = "reference" if implementation is None else implementation
   if impl not in IMPLEMENTATIONS:
@@ -160,8 +218,9 @@ def dot_product_attention(
   kwargs: dict[str, Any] = dict(
       scale=scale, is_causal=is_causal, query_seq_lengths=query_seq_lengths,
       key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size)
-  if impl == "reference":
-    return reference_attention(query, key, value, bias, mask, **kwargs)
+  if impl in ("reference", "reference_vjp"):
+    return reference_attention(query, key, value, bias, mask, explicit_vjp=impl != "reference",
+                               **kwargs)
   _check_shapes(query, key, value)
   return jax.nn.dot_product_attention(query, key, value, bias, mask, implementation=impl, **kwargs)
 

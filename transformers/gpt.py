@@ -27,7 +27,7 @@ from genfm.transformers import attention, block, ffn, kv_cache, moe, norms, posi
 
 Array = jax.Array
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
-ATTENTION_IMPLS = ("reference", "xla", "cudnn", "pallas")
+ATTENTION_IMPLS = ("reference", "reference_vjp", "xla", "cudnn", "pallas")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -56,7 +56,10 @@ class GPTConfig:
   ffn: str = "gelu"
   use_bias: bool = True  # biases in attention/MLP projections and LayerNorm (GPT-2: True)
   attention_window: int | None = None  # a query sees itself and this many previous tokens
-  attention_impl: str = "reference"
+  # "reference_vjp": the pure-jnp reference forward with FlashAttention-2's closed-form
+  # backward (attention.py; half the attention time of autodiff's on XLA:CPU, issue #15);
+  # "reference" differentiates the same forward by autodiff (and supports jax.jvp).
+  attention_impl: str = "reference_vjp"
   num_experts: int = 0  # 0 = dense FFN everywhere
   top_k: int = 2
   capacity_factor: float = 1.25

@@ -38,7 +38,7 @@ Array = jax.Array
 P = jax.sharding.PartitionSpec
 POOLS = ("cls", "mean")
 POSITIONS = ("learned", "sincos2d")
-ATTENTION_IMPLS = ("reference", "xla", "cudnn", "pallas")
+ATTENTION_IMPLS = ("reference", "reference_vjp", "xla", "cudnn", "pallas")
 
 
 def _batch_sharding(x_B: Array, ndim: int):

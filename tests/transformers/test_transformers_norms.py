@@ -73,3 +73,49 @@ def test_make_norm():
   assert norms.make_norm("layernorm", D, use_bias=False, rngs=nnx.Rngs(KEY(0))).bias is None
   with pytest.raises(ValueError, match="valid choices"):
     norms.make_norm("batchnorm", D, rngs=nnx.Rngs(KEY(0)))
+
+
+# The closed-form backward (custom_vjp) against autodiff of the plain formula, computed by flax's
+# own nnx.LayerNorm / nnx.RMSNorm: rows with different means and spreads, a non-trivial affine
+# part, and a cotangent that differs per element (a uniform one would hide the mean terms).
+@pytest.mark.parametrize("kind,use_bias", [("layernorm", True), ("layernorm", False),
+                                           ("rmsnorm", False)])
+def test_closed_form_backward_equals_autodiff_of_flax(kind, use_bias):
+  ours = norms.make_norm(kind, D, epsilon=1e-5, use_bias=use_bias, rngs=nnx.Rngs(KEY(0)))
+  if kind == "layernorm":
+    theirs = nnx.LayerNorm(D, epsilon=1e-5, use_bias=use_bias, rngs=nnx.Rngs(KEY(0)))
+  else:
+    theirs = nnx.RMSNorm(D, epsilon=1e-5, rngs=nnx.Rngs(KEY(0)))
+  _random_affine(ours)
+  _random_affine(theirs)
+  row_scale = jnp.arange(1.0, 11.0).reshape(2, 5, 1)          # every row its own mean and σ
+  x = _x() * row_scale + row_scale ** 2
+  dy = jax.random.normal(KEY(3), x.shape)
+
+  def grads(mod):
+    graphdef, params = nnx.split(mod, nnx.Param)
+    f = lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) * dy)
+    return jax.grad(f, argnums=(0, 1))(params, x)
+
+  (p_ours, dx_ours), (p_theirs, dx_theirs) = grads(ours), grads(theirs)
+  np.testing.assert_allclose(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(p_ours["scale"][...], p_theirs["scale"][...], rtol=1e-4, atol=1e-5)
+  if use_bias:
+    np.testing.assert_allclose(p_ours["bias"][...], p_theirs["bias"][...], rtol=1e-5)
+    np.testing.assert_allclose(p_ours["bias"][...], dy.sum((0, 1)), rtol=1e-5)  # ∂L/∂b = Σ dy
+  else:
+    assert "bias" not in p_ours
+  # Each row's ∂L/∂x sums to 0 for LayerNorm (y is invariant to adding a constant to x); it is
+  # orthogonal to x for both (invariant to re-scaling x), up to the ε in σ.
+  if kind == "layernorm":
+    np.testing.assert_allclose(dx_ours.sum(-1), 0.0, atol=1e-4)
+  np.testing.assert_allclose((dx_ours * x).sum(-1), 0.0, atol=1e-2)
+
+
+def test_closed_form_backward_bf16_gives_bf16_gradients():
+  ln = norms.LayerNorm(D, rngs=nnx.Rngs(KEY(0)))
+  x = _x(jnp.bfloat16)
+  dx = jax.grad(lambda x: jnp.sum(ln(x).astype(jnp.float32) ** 2))(x)
+  dx32 = jax.grad(lambda x: jnp.sum(ln(x) ** 2))(x.astype(jnp.float32))
+  assert dx.dtype == jnp.bfloat16
+  np.testing.assert_allclose(dx.astype(jnp.float32), dx32, atol=0.1, rtol=0.05)
