@@ -10,10 +10,12 @@ gpt_vs_nanogpt: genfm's GPT train step (the launcher's own `make_train_step` wit
   Method: the two run in different processes (torch is never a genfm dependency: it lives in a
   bench-only venv, `GENFM_TORCH_PYTHON`, and nanoGPT's `model.py` is read from a checkout,
   `GENFM_NANOGPT_DIR`; `experiments/peers/nanogpt_worker.py` drives it over JSON lines).
-  After a warm-up, `rounds` rounds alternate `steps` genfm steps with `steps` nanoGPT steps, so
-  load drift on the shared machine hits both; each round's ratio is median(genfm) /
-  median(nanoGPT) and the row reports the median of the rounds' ratios, with the spread. Only
-  one side runs at a time (the other waits on a pipe), each on all cores.
+  After a warm-up, `rounds` rounds alternate a block of `steps` genfm steps with a block of
+  `steps` nanoGPT steps, so load drift on the shared machine hits both; each side's round time
+  is its block's seconds per step (genfm's steps run as the launcher runs them, one in flight;
+  nanoGPT's one after another, as its train.py), each round's ratio is genfm / nanoGPT, and the
+  row reports the median of the rounds' ratios with the spread, and each side's median time.
+  Only one side runs at a time (the other waits on a pipe), each on all cores.
   Without the two variables the bench emits one row saying how to set them up.
 """
 
@@ -40,7 +42,7 @@ def _genfm_step(overrides: dict, batch: int):
   """(run() -> loss, model config, launcher config): one call is one launcher step."""
   from genfm.experiments.configs import shakespeare_char  # pylint: disable=g-import-not-at-top
   from genfm.experiments.models import ModelSet  # pylint: disable=g-import-not-at-top
-  from genfm.experiments.step import make_train_step  # pylint: disable=g-import-not-at-top
+  from genfm.experiments import step as step_lib  # pylint: disable=g-import-not-at-top
 
   cfg = shakespeare_char.get_config()
   cfg.batch_size = batch
@@ -48,14 +50,24 @@ def _genfm_step(overrides: dict, batch: int):
   task = GPTTask(cfg, model_cfg)
   models = ModelSet(task, cfg)
   state = models.initial_state()
-  step = jax.jit(make_train_step(task, cfg, models), donate_argnums=0)
+  treedef = jax.tree.structure(state)  # the loop's form: the state's leaves (`on_leaves`)
+  step = jax.jit(step_lib.on_leaves(step_lib.make_train_step(task, cfg, models), treedef),
+                 donate_argnums=0)
+  state = jax.tree.leaves(state)
   tokens = jax.random.randint(jax.random.key(1), (batch, model_cfg.context_len + 1), 0,
                               model_cfg.vocab_size)
   holder = [state]
 
-  def run():
-    holder[0], metrics = step(holder[0], {"tokens": tokens})
-    return float(metrics["loss"])
+  def run(n: int = 1) -> float:
+    """n steps as the launcher's loop runs them (one step in flight: the host dispatches step
+    i + 1 while step i computes); returns the last loss, as a float (all steps finished)."""
+    pending = []
+    for _ in range(n):
+      holder[0], metrics = step(holder[0], {"tokens": tokens})
+      pending.append(metrics["loss"])
+      if len(pending) >= 2:
+        jax.block_until_ready(pending[-2])
+    return float(pending[-1])
 
   return run, model_cfg, cfg
 
@@ -89,13 +101,11 @@ class _Peer:
     self.proc.wait(timeout=60)
 
 
-def _time(run, n: int) -> list[float]:
-  out = []
-  for _ in range(n):
-    t = time.perf_counter()
-    run()  # returns the loss as a Python float: the step has finished
-    out.append(time.perf_counter() - t)
-  return out
+def _mean_step(run, n: int) -> float:
+  """Seconds per step over a block of n steps."""
+  t = time.perf_counter()
+  run(n)
+  return (time.perf_counter() - t) / n
 
 
 def gpt_vs_nanogpt(emit, cases=None) -> None:
@@ -116,14 +126,14 @@ def gpt_vs_nanogpt(emit, cases=None) -> None:
                       vocab_size=mcfg.vocab_size, batch_size=batch, bias=mcfg.use_bias,
                       lr=cfg.learning_rate, weight_decay=cfg.weight_decay, betas=[0.9, cfg.b2],
                       grad_clip=cfg.grad_clip_norm, threads=threads)
-      _time(run, 2)
+      run(2)
       peer.ask(cmd="time", steps=2)  # warm-up: compile here, allocator and caches there
       ours, theirs = [], []
       for _ in range(rounds):
-        ours.append(_time(run, steps))
-        theirs.append(peer.ask(cmd="time", steps=steps)["seconds"])
-      ratios = [np.median(a) / np.median(b) for a, b in zip(ours, theirs)]
-      t_ours, t_theirs = np.median(np.concatenate(ours)), np.median(np.concatenate(theirs))
+        ours.append(_mean_step(run, steps))
+        theirs.append(float(np.mean(peer.ask(cmd="time", steps=steps)["seconds"])))
+      ratios = [a / b for a, b in zip(ours, theirs)]
+      t_ours, t_theirs = np.median(ours), np.median(theirs)
       emit({"name": "gpt_vs_nanogpt", "shape": label, "batch_size": batch,
             "context_len": mcfg.context_len, "params_genfm": gpt.param_count(mcfg),
             "params_nanogpt": info["params"], "genfm_seconds": float(t_ours),

@@ -119,3 +119,22 @@ def make_train_step(task, config, models):
     return new_state, metrics
 
   return train_step
+
+
+def on_leaves(train_step, treedef):
+  """`train_step` as a function of the state's leaves: (leaves, batch) -> (leaves, metrics).
+
+  The state's parameters and optimizer moments are nnx `State`/`Variable` pytrees, which JAX
+  flattens in Python on every call of a jitted function: 217 leaves of the char GPT cost ~4 ms
+  of dispatch per step, ~10 % of its step on a 2-core CPU (issue #15). A flat list of arrays is
+  flattened in C++ (~1.5 ms). The loop keeps the leaves and rebuilds the state
+  (`jax.tree.unflatten(treedef, leaves)`) only where it reads it: checkpoints, evals, the end.
+  """
+  def step(leaves, batch):
+    new_state, metrics = train_step(jax.tree.unflatten(treedef, leaves), batch)
+    new_leaves, new_treedef = jax.tree.flatten(new_state)
+    if new_treedef != treedef:  # at trace time: a step must return the state it was given
+      raise ValueError(f"the train step changed the state's structure: {treedef} -> "
+                       f"{new_treedef}")
+    return new_leaves, metrics
+  return step

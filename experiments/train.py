@@ -32,7 +32,7 @@ from genfm.experiments.checkpoint import Checkpointer, json_safe
 from genfm.experiments.errors import ConfigError, NonFiniteLossError
 from genfm.experiments.init_from import initial_values
 from genfm.experiments.models import ModelSet, count
-from genfm.experiments.step import make_train_step  # noqa: F401 — part of this module's API
+from genfm.experiments.step import make_train_step, on_leaves  # noqa: F401 — this module's API
 from genfm.experiments.tasks import get_task
 from genfm.experiments import workdir as workdirs
 from genfm.experiments.workdir import (ADDED_KEYS, RESUMABLE_KEYS,  # noqa: F401 — re-exported
@@ -261,9 +261,12 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
   def eval_step(state, batch, ema):
     return task.eval_metrics(models.eval_models(state, ema=ema), batch)
 
-  train_step = jax.jit(make_train_step(task, config, models),
-                       in_shardings=(state_sharding, by_data),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  # The loop carries the state's leaves, not the state: see `step.on_leaves` (dispatch cost).
+  treedef = jax.tree.structure(state)
+  leaf_sharding = treedef.flatten_up_to(state_sharding)
+  train_step = jax.jit(on_leaves(make_train_step(task, config, models), treedef),
+                       in_shardings=(leaf_sharding, by_data),
+                       out_shardings=(leaf_sharding, replicated), donate_argnums=0)
   eval_steps = {ema: jax.jit(functools.partial(eval_step, ema=ema), out_shardings=replicated,
                             in_shardings=(state_sharding, by_data)) for ema in (False, True)}
 
@@ -330,10 +333,12 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
     return metrics
 
   step, eval_metrics = start, {}
+  leaves = treedef.flatten_up_to(state)
   try:
     while step < total:
       batch = to_global(next(train_iter), by_data)
-      state, metrics = train_step(state, batch)
+      leaves, metrics = train_step(leaves, batch)
+      state = None                       # stale: its arrays were donated to the step
       step += 1
       pending.append(metrics)
       if len(pending) >= 2:
@@ -345,6 +350,9 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
       if step % config.log_every_steps == 0 or last or stopping:
         flush(step)
       # Save before evaluating: whatever fails in an evaluation costs no finished step.
+      if (step % config.checkpoint_every_steps == 0 or last or stopping or
+          step % config.eval_every_steps == 0):
+        state = jax.tree.unflatten(treedef, leaves)
       if step % config.checkpoint_every_steps == 0 or last or stopping:
         flush(step)                      # never checkpoint a state that has gone non-finite
         ckpt.save(step, state, json_safe(train_iter.get_state()))
@@ -361,6 +369,7 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
     ckpt.close()
     if writer:
       writer.close()
+  state = jax.tree.unflatten(treedef, leaves)
 
   nbytes = lambda tree: int(sum(x.nbytes for x in jax.tree.leaves(tree)))
   summary = {"name": config.get("name", config.task), "step": step, "finished": step >= total,
