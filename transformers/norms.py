@@ -12,7 +12,7 @@ layer-norm tutorial): with x̂ = (x − μ)/σ and ĝ = g ∘ ∂L/∂y,
 one expression per norm instead of autodiff's chain through μ and σ². The maths is the same;
 what changes is the program XLA sees. On XLA:CPU autodiff's chain let the fusion pass copy
 every layer's norm backward into each consumer of the residual-stream gradient, so a 12-layer
-GPT-2 recomputed it O(L²) times (26 % of its train step; `genfm-bench gpt_vs_nanogpt`, issue
+GPT-2 recomputed it O(L²) times (26 % of its fwd+bwd time; `genfm-bench gpt_vs_nanogpt`, issue
 #15). Forward-mode (`jax.jvp`) is not defined through a `custom_vjp`: differentiate these norms
 in reverse mode (`jax.grad`, `jax.vjp`).
 """
