@@ -9,7 +9,7 @@ gpt_vs_nanogpt: genfm's GPT train step (the launcher's own `make_train_step` wit
     * `gpt2_small`: GPT-2 small (124M, vocabulary 50,257), context 256, batch 4.
   Method: the two run in different processes (torch is never a genfm dependency: it lives in a
   bench-only venv, `GENFM_TORCH_PYTHON`, and nanoGPT's `model.py` is read from a checkout,
-  `GENFM_NANOGPT_DIR`; `experiments/peers/nanogpt_worker.py` drives it over JSON lines).
+  `GENFM_NANOGPT_DIR`; `experiments/bench_peers_worker.py` drives it over JSON lines).
   After a warm-up, `rounds` rounds alternate a block of `steps` genfm steps with a block of
   `steps` nanoGPT steps, so load drift on the shared machine hits both; each side's round time
   is its block's seconds per step (genfm's steps run as the launcher runs them, one in flight;
@@ -82,7 +82,7 @@ class _Peer:
     if not os.path.isfile(os.path.join(nanogpt_dir, "model.py")):
       raise ValueError(f"GENFM_NANOGPT_DIR={nanogpt_dir} holds no model.py; point it at a "
                        "checkout of karpathy/nanoGPT")
-    worker = os.path.join(os.path.dirname(__file__), "peers", "nanogpt_worker.py")
+    worker = os.path.join(os.path.dirname(__file__), "bench_peers_worker.py")
     self.proc = subprocess.Popen([python, worker, "--nanogpt_dir", nanogpt_dir],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 

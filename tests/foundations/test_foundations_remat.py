@@ -138,7 +138,7 @@ def test_full_remat_saves_only_each_layers_input():
 
 
 _COMPILED = textwrap.dedent("""
-    import json
+    import json, math
     import jax, jax.numpy as jnp
     from flax import nnx
     from genfm.transformers import gpt
@@ -154,22 +154,29 @@ _COMPILED = textwrap.dedent("""
       tok = jax.ShapeDtypeStruct((2, 257), jnp.int32)
       compiled = jax.jit(jax.value_and_grad(loss)).lower(params, tok).compile()
       out[policy] = compiled.memory_analysis().temp_size_in_bytes
+      # What the backward pass keeps, whatever the backend: the leaves of jax.vjp's function.
+      res = jax.eval_shape(lambda p, t: jax.tree.leaves(jax.vjp(loss, p, t)[1]), params, tok)
+      out["residuals_" + policy] = sum(math.prod(a.shape) * a.dtype.itemsize for a in res)
     print(json.dumps(out))
 """)
 
 
 @pytest.mark.slow
 def test_compiled_backward_temp_bytes_smaller_under_full():
-  """XLA's memory analysis of the compiled value_and_grad at context 256, 4 layers. Run in a
-  subprocess with XLA:CPU's memory-minimising scheduler: the default concurrency-optimised one
-  schedules the recomputation early and erases the saving (see bench_memory)."""
+  """Context 256, 4 layers. The contract: the residuals the backward pass keeps (the leaves of
+  `jax.vjp`'s function) shrink to the blocks' inputs under full (measured 19.6 MB -> 0.68 MB).
+  XLA's memory analysis of the compiled value_and_grad follows the scheduler: run in a
+  subprocess with XLA:CPU's memory-minimising one (the default concurrency-optimised one
+  schedules the recomputation early and erases the saving, see bench_memory), full is smaller
+  than none, but only 0.86x since the norms' closed-form backward (issue #15; 0.53x before)."""
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", _COMPILED], env=env, capture_output=True,
                         text=True, timeout=240, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   temp = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert temp["full"] < 0.7 * temp["none"], temp
+  assert temp["residuals_full"] < 0.05 * temp["residuals_none"], temp
+  assert temp["full"] < 0.95 * temp["none"], temp
 
 
 def _unet_loss_and_grads(cfg, x, t, y, ctx, mask):

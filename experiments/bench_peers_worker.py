@@ -1,4 +1,5 @@
-"""The peer side of `genfm-bench gpt_vs_nanogpt`: karpathy/nanoGPT's train step, timed on request.
+"""The peer side of `genfm-bench gpt_vs_nanogpt` (`bench_peers.py`): karpathy/nanoGPT's train
+step, timed on request.
 
 Runs under a *separate* Python with PyTorch (never a genfm dependency) and imports nanoGPT's own
 `model.py` from `--nanogpt_dir` (a checkout; nothing of it is copied here). It speaks JSON lines
