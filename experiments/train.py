@@ -349,18 +349,19 @@ def _train_and_evaluate(config, workdir: str, t_start: float) -> dict:
       stopping = _stop_requested(stop)
       if step % config.log_every_steps == 0 or last or stopping:
         flush(step)
-      # Save before evaluating: whatever fails in an evaluation costs no finished step.
-      if (step % config.checkpoint_every_steps == 0 or last or stopping or
-          step % config.eval_every_steps == 0):
+      save = step % config.checkpoint_every_steps == 0 or last or stopping
+      evaluate_now = step % config.eval_every_steps == 0 or last
+      if save or evaluate_now:           # the only readers of the state inside the loop
         state = jax.tree.unflatten(treedef, leaves)
-      if step % config.checkpoint_every_steps == 0 or last or stopping:
+      # Save before evaluating: whatever fails in an evaluation costs no finished step.
+      if save:
         flush(step)                      # never checkpoint a state that has gone non-finite
         ckpt.save(step, state, json_safe(train_iter.get_state()))
       if stopping:
         logging.warning("stopped by signal %s at step %d; checkpoint saved. Rerun the same "
                         "command to resume.", stop.signum or "(on another process)", step)
         break
-      if step % config.eval_every_steps == 0 or last:
+      if evaluate_now:
         eval_metrics = run_eval(step)
     if start >= total:                   # at the end already, with no summary: evaluate once
       eval_metrics = run_eval(step)
